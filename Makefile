@@ -1,0 +1,33 @@
+# `make demo` and `make test` do all the set-up on a fresh machine (they create .venv as needed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The machine's pip configuration may point at a local CPU-only torch wheel that cannot load PyPI's
+# torchvision: install from PyPI as users do.
+PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=/dev/null $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[all]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/unireplknet info --reparam-check
+
+test: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,16 @@
+"""`unireplknet bench` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+from unireplknet.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="bench (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UserError("'bench' is not implemented yet")

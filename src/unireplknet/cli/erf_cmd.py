@@ -1,0 +1,16 @@
+"""`unireplknet erf` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+from unireplknet.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("erf", help="erf (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UserError("'erf' is not implemented yet")

@@ -1,0 +1,16 @@
+"""`unireplknet export` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+from unireplknet.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UserError("'export' is not implemented yet")

@@ -1,0 +1,16 @@
+"""`unireplknet info` (not implemented yet)."""
+
+from __future__ import annotations
+
+import argparse
+
+from unireplknet.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="info (not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UserError("'info' is not implemented yet")
