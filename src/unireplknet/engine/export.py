@@ -1,0 +1,123 @@
+"""ONNX export of a (re-parameterized) model and its verification against onnxruntime.
+
+The deploy form of UniRepLKNet (paper Sec. 3.1: every Dilated Reparam Block and BatchNorm merged into one
+depthwise conv with bias) is a plain chain of convs, so it exports to a compact ONNX graph without any
+``BatchNormalization`` node. The batch axis is dynamic; channels and resolution are fixed at export time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path in the folder of ``path``; on success rename it onto ``path`` (atomic on POSIX).
+
+    On an exception the temp file is removed and ``path`` is left untouched. The file gets the usual
+    permissions (0666 minus the umask), not ``mkstemp``'s 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] = (3, 224, 224),
+                opset: int | None = None) -> Path:
+    """Export ``model`` (put in eval mode; re-parameterize it first for the deploy form) to ONNX at ``path``.
+
+    Input ``input`` of shape (N, C, H, W) with ``input_size = (C, H, W)``; output ``logits`` (N, ...);
+    N is a dynamic axis. Uses the TorchScript-based exporter (``dynamo=False``), which handles dynamic
+    batch robustly for plain conv nets. The file is written to a temp file in the same folder and then
+    renamed, so a reader never sees a partial file. Returns the final path.
+    """
+    path = Path(path)
+    if len(tuple(input_size)) != 3:
+        raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        dummy = torch.randn(2, *input_size, device=device, dtype=dtype)
+        with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (dummy,), str(tmp),
+                input_names=["input"], output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+    finally:
+        model.train(was_training)
+    log.info("exported ONNX (opset %d, input %s, dynamic batch) to %s", opset, tuple(input_size), path)
+    return path
+
+
+def onnx_op_types(onnx_path: str | os.PathLike) -> set[str]:
+    """The operator types in an ONNX graph (e.g. to check that no BatchNormalization is left)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    return {node.op_type for node in graph.node}
+
+
+def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, inputs: torch.Tensor) -> float:
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs on ``inputs`` (N, C, H, W).
+
+    ``model`` is evaluated in eval mode under ``torch.no_grad`` on its own device; outputs are compared in
+    float32 on the CPU.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        with torch.no_grad():
+            ref = model(inputs.to(device=device, dtype=dtype)).float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    feed_name = session.get_inputs()[0].name
+    feed = inputs.detach().cpu().float().numpy()
+    if session.get_inputs()[0].type == "tensor(float16)":
+        feed = feed.astype(np.float16)
+    out = session.run(None, {feed_name: feed})[0].astype(np.float32)
+    if out.shape != ref.shape:
+        raise RuntimeError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
+    diff = float(np.max(np.abs(out - ref))) if out.size else 0.0
+    log.info("onnxruntime vs PyTorch: max |diff| = %.3g on %d inputs", diff, inputs.shape[0])
+    return diff

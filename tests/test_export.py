@@ -1,0 +1,54 @@
+"""engine.export: ONNX export with a dynamic batch axis, atomic write, verified against onnxruntime."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from unireplknet.engine.export import atomic_path, export_onnx, onnx_op_types, verify_onnx
+
+
+def _tiny_convnet() -> nn.Module:
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(),
+        nn.Conv2d(8, 8, 7, padding=3, groups=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+    with torch.no_grad():  # non-trivial BN statistics, so a wrong fold would show
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2)
+    return m
+
+
+def test_export_matches_pytorch_with_dynamic_batch(tmp_path):
+    model = _tiny_convnet().train()  # export must switch to eval itself and restore the mode
+    out = export_onnx(model, tmp_path / "sub" / "m.onnx", input_size=(3, 24, 24))
+    assert out == tmp_path / "sub" / "m.onnx" and out.is_file()
+    assert model.training
+    assert [p.name for p in out.parent.iterdir()] == ["m.onnx"]  # no temp file left behind
+    for batch in (1, 3, 7):  # exported with batch 2: other batch sizes must work
+        diff = verify_onnx(model, out, torch.randn(batch, 3, 24, 24))
+        assert diff < 1e-4
+    assert "BatchNormalization" not in onnx_op_types(out)
+
+
+def test_verify_detects_a_different_model(tmp_path):
+    model = _tiny_convnet()
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=(3, 16, 16))
+    with torch.no_grad():
+        model[-1].bias.add_(1.0)
+    assert verify_onnx(model, path, torch.randn(2, 3, 16, 16)) > 0.5
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
