@@ -1,4 +1,33 @@
 """unireplknet: UniRepLKNet large-kernel ConvNets (exact models), a fast large-kernel depthwise conv,
-and one pipeline for every modality."""
+and one pipeline for every modality.
+
+``import unireplknet`` needs torch alone; when timm is installed the variants are also registered with
+timm (set ``UNIREPLKNET_NO_TIMM=1`` to skip that import).
+"""
+
+import importlib.util
+import os
+
+from unireplknet.models import (
+    UniRepLKNet,
+    UniRepLKNetFeatures,
+    build_model_from_checkpoint,
+    create_model,
+    list_models,
+    load_checkpoint,
+    reparameterize,
+)
 
 __version__ = "0.1.0"
+__all__ = [
+    "UniRepLKNet",
+    "UniRepLKNetFeatures",
+    "build_model_from_checkpoint",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "reparameterize",
+]
+
+if os.environ.get("UNIREPLKNET_NO_TIMM") != "1" and importlib.util.find_spec("timm") is not None:
+    from unireplknet.models import timm_registry  # noqa: F401  (registers the variants with timm)

@@ -1,0 +1,24 @@
+"""Building blocks of UniRepLKNet (paper §3.2) and the re-parameterization math."""
+
+from unireplknet.layers.dilated_reparam import DILATED_BRANCHES, DilatedReparamBlock
+from unireplknet.layers.drop import DropPath
+from unireplknet.layers.grn import GRN
+from unireplknet.layers.layout import ToChannelsFirst, ToChannelsLast
+from unireplknet.layers.norm import LayerNorm2d
+from unireplknet.layers.reparam import dilate_kernel, fuse_bn, merge_bn_into_linear, pad_kernel
+from unireplknet.layers.se import SEBlock
+
+__all__ = [
+    "DILATED_BRANCHES",
+    "GRN",
+    "DilatedReparamBlock",
+    "DropPath",
+    "LayerNorm2d",
+    "SEBlock",
+    "ToChannelsFirst",
+    "ToChannelsLast",
+    "dilate_kernel",
+    "fuse_bn",
+    "merge_bn_into_linear",
+    "pad_kernel",
+]

@@ -1,0 +1,101 @@
+"""Dilated Reparam Block (paper §3.2.2, Fig. 6, Guideline 7)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unireplknet.layers.reparam import dilate_kernel, fuse_bn, pad_kernel
+from unireplknet.ops import DepthwiseConv2d
+
+#: Parallel dilated branches per large kernel size K: (kernel sizes k, dilation rates r), as in the
+#: official checkpoints. Each satisfies (k - 1) * r + 1 <= K.
+DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    5: ((3, 3), (1, 2)),
+    7: ((5, 3, 3), (1, 2, 3)),
+    9: ((5, 5, 3, 3), (1, 2, 3, 4)),
+    11: ((5, 5, 3, 3, 3), (1, 2, 3, 4, 5)),
+    13: ((5, 7, 3, 3, 3), (1, 2, 3, 4, 5)),
+    15: ((5, 7, 3, 3, 3), (1, 2, 3, 5, 7)),
+    17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
+}
+
+
+def _batch_norm(channels: int, use_sync_bn: bool) -> nn.Module:
+    return nn.SyncBatchNorm(channels) if use_sync_bn else nn.BatchNorm2d(channels)
+
+
+class DilatedReparamBlock(nn.Module):
+    """A depthwise K×K conv + BN, plus parallel dilated depthwise k×k convs (dilation r) + BN, summed.
+
+    (N, C, H, W) -> (N, C, H, W). ``reparameterize()`` merges every branch and BatchNorm into one
+    K×K depthwise conv with bias (``lk_origin``), exactly. Key names follow the official checkpoints:
+    ``lk_origin``, ``origin_bn``, ``dil_conv_k{k}_{r}``, ``dil_bn_k{k}_{r}``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, deploy: bool = False, use_sync_bn: bool = False,
+                 branch_kernel_sizes: tuple[int, ...] | None = None,
+                 branch_dilations: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        if branch_kernel_sizes is None and branch_dilations is None:
+            if kernel_size not in DILATED_BRANCHES:
+                raise ValueError(
+                    f"no default dilated branches for kernel size {kernel_size} (known: "
+                    f"{sorted(DILATED_BRANCHES)}); pass branch_kernel_sizes= and branch_dilations=")
+            branch_kernel_sizes, branch_dilations = DILATED_BRANCHES[kernel_size]
+        if branch_kernel_sizes is None or branch_dilations is None or \
+                len(branch_kernel_sizes) != len(branch_dilations):
+            raise ValueError("branch_kernel_sizes and branch_dilations must be given together, of equal length")
+        for k, r in zip(branch_kernel_sizes, branch_dilations):
+            if k % 2 != 1 or (k - 1) * r + 1 > kernel_size:
+                raise ValueError(f"branch k={k}, r={r} does not fit in kernel size {kernel_size}")
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.branches = tuple(zip(branch_kernel_sizes, branch_dilations))
+        self.deploy = deploy
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy)
+        if not deploy:
+            self.origin_bn = _batch_norm(channels, use_sync_bn)
+            for k, r in self.branches:
+                self.add_module(f"dil_conv_k{k}_{r}", nn.Conv2d(
+                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r, groups=channels,
+                    bias=False))
+                self.add_module(f"dil_bn_k{k}_{r}", _batch_norm(channels, use_sync_bn))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.lk_origin(x)
+        out = self.origin_bn(self.lk_origin(x))
+        for k, r in self.branches:
+            out = out + getattr(self, f"dil_bn_k{k}_{r}")(getattr(self, f"dil_conv_k{k}_{r}")(x))
+        return out
+
+    @torch.no_grad()
+    def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The equivalent K×K depthwise kernel (C, 1, K, K) and bias (C,)."""
+        kernel, bias = fuse_bn(self.lk_origin.weight, self.origin_bn)
+        for k, r in self.branches:
+            branch_kernel, branch_bias = fuse_bn(getattr(self, f"dil_conv_k{k}_{r}").weight,
+                                                 getattr(self, f"dil_bn_k{k}_{r}"))
+            kernel = kernel + pad_kernel(dilate_kernel(branch_kernel, r), self.kernel_size)
+            bias = bias + branch_bias
+        return kernel, bias
+
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place (no-op when already there)."""
+        if self.deploy:
+            return
+        kernel, bias = self.merged_kernel()
+        merged = DepthwiseConv2d(self.channels, self.kernel_size, bias=True, backend=self.lk_origin.backend)
+        merged.to(device=kernel.device, dtype=kernel.dtype)
+        merged.weight.data.copy_(kernel)
+        merged.bias.data.copy_(bias)
+        self.lk_origin = merged
+        del self.origin_bn
+        for k, r in self.branches:
+            delattr(self, f"dil_conv_k{k}_{r}")
+            delattr(self, f"dil_bn_k{k}_{r}")
+        self.deploy = True
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}, branches={self.branches}, deploy={self.deploy}"

@@ -1,0 +1,22 @@
+"""Global Response Normalization (ConvNeXt V2), as used inside the UniRepLKNet FFN."""
+
+import torch
+from torch import nn
+
+
+class GRN(nn.Module):
+    """GRN on (N, H, W, C): ``(gamma * N(x) + 1) * x + beta`` with ``N = G / (mean_C G + 1e-6)``,
+    ``G`` the L2 norm over H and W. ``use_bias=False`` is the deploy form (beta folded into the next Linear).
+    """
+
+    def __init__(self, dim: int, use_bias: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim)) if use_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
+        out = (self.gamma * n + 1) * x
+        return out if self.beta is None else out + self.beta

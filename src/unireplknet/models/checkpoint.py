@@ -1,0 +1,131 @@
+"""Reading checkpoints (.pth/.pt, .safetensors) and loading them into models with clear errors.
+
+Official checkpoints are training-form state dicts, raw or wrapped as ``{'model': ...}``; our run checkpoints
+add a ``'meta'`` entry (model name, constructor kwargs, deploy flag, class names, input size, mean/std).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unireplknet.errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+_WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file into a dict (nothing executed: ``weights_only`` loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check the path)")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise CheckpointError("reading .safetensors needs the safetensors package: "
+                                  "pip install 'unireplknet[timm]'") from err
+        device = str(map_location)
+        try:
+            return dict(load_file(str(path), device=device))
+        except Exception as err:
+            raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({first}); "
+                              "is it truncated, or not a checkpoint?") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a dict of them")
+    return dict(obj)
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> StateDict:
+    """The model's state dict from a raw, ``{'model': ...}`` or ``{'state_dict': ...}`` checkpoint,
+    without DDP (``module.``) or ``torch.compile`` (``_orig_mod.``) prefixes."""
+    for key in _WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError("no tensors found in the checkpoint (expected a state dict, raw or under "
+                              "'model' / 'state_dict')")
+    for prefix in _PREFIXES:
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _form_hint(model: nn.Module, missing: list[str], unexpected: list[str]) -> str:
+    deploy_keys = any(k.endswith("lk_origin.bias") or k.endswith("pwconv2.0.bias") for k in unexpected)
+    train_keys = any(".origin_bn." in k or k.endswith(".gamma") or ".pwconv2.2." in k for k in unexpected)
+    if deploy_keys and getattr(model, "deploy", None) is False:
+        return "; it looks like a deploy-form checkpoint: build the model with deploy=True"
+    if train_keys and getattr(model, "deploy", None) is True:
+        return "; it looks like a training-form checkpoint: build the model with deploy=False " \
+               "(then reparameterize())"
+    return ""
+
+
+def _summarize(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[str, Any],
+                    strict: bool = True) -> Any:
+    """Load a checkpoint (path or dict) into ``model``; returns load_state_dict's (missing, unexpected) keys.
+
+    Shape mismatches always fail with the names and shapes; with ``strict`` so do missing or unexpected
+    keys (with a hint when the checkpoint is of the other form, training vs deploy).
+    """
+    obj = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_checkpoint(path_or_state_dict)
+    state = extract_state_dict(obj)
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and own[k].shape != v.shape]
+    if wrong:
+        hint = ""
+        if any(w.startswith("head.") for w in wrong):
+            hint = " (another number of classes: pass num_classes= to match, or drop the head keys to fine-tune)"
+        raise CheckpointError(f"checkpoint does not fit the model: shape mismatch for {_summarize(wrong)}{hint}")
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_summarize(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_summarize(unexpected)}")
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts)
+                              + _form_hint(model, missing, unexpected))
+    return model.load_state_dict(state, strict=strict)
+
+
+def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
+                                map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a run checkpoint describes (its ``'meta'``) and load its weights strictly."""
+    from unireplknet.models.registry import create_model
+    from unireplknet.models.unireplknet import UniRepLKNet
+
+    obj = path_or_dict if isinstance(path_or_dict, Mapping) else read_checkpoint(path_or_dict, map_location)
+    meta = obj.get("meta")
+    if not isinstance(meta, Mapping):
+        raise CheckpointError("the checkpoint has no 'meta' (an official or foreign checkpoint): name the model "
+                              "(e.g. --model unireplknet_t and --num-classes) so it can be built")
+    kwargs = dict(meta.get("model_kwargs") or {})
+    kwargs["deploy"] = bool(meta.get("deploy", False))
+    name = meta.get("model")
+    model = create_model(name, **kwargs) if name else UniRepLKNet(**kwargs)
+    load_checkpoint(model, obj, strict=True)
+    return model, dict(meta)

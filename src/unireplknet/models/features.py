@@ -1,0 +1,71 @@
+"""UniRepLKNet as a multi-scale backbone for dense prediction (FPN/UPerNet-style heads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from unireplknet.layers import LayerNorm2d
+from unireplknet.models.unireplknet import UniRepLKNet
+
+
+class FeatureInfo(list):
+    """List of ``dict(num_chs, reduction, module)`` per returned map, with timm's accessor methods."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
+
+    def module_name(self) -> list[str]:
+        return [f["module"] for f in self]
+
+
+class UniRepLKNetFeatures(UniRepLKNet):
+    """(N, C_in, H, W) -> list of stage maps (N, dims[i], H/2^(i+2), W/2^(i+2)) for i in ``out_indices``.
+
+    Each map goes through its own channels-first LayerNorm ``norm{i}`` (the official detection and
+    segmentation backbone's layout); the classification norm and head are dropped.
+    """
+
+    def __init__(self, out_indices: Sequence[int] = (0, 1, 2, 3), **kwargs: Any) -> None:
+        kwargs["num_classes"] = 0
+        super().__init__(**kwargs)
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(i not in range(4) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}")
+        self.out_indices = out_indices
+        del self.norm, self.head
+        for i in out_indices:
+            self.add_module(f"norm{i}", LayerNorm2d(self.dims[i]))
+        self.feature_info = FeatureInfo(
+            dict(num_chs=self.dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in out_indices)
+        self.last = max(out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        outs = []
+        for i in range(self.last + 1):
+            x = self.stages[i](self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(getattr(self, f"norm{i}")(x))
+        return outs
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise RuntimeError("a features_only model has no head: use forward() for the stage maps")
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        raise RuntimeError("a features_only model has no classifier")
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        matcher = super().group_matcher(coarse)
+        if not coarse:
+            matcher["blocks"] = matcher["blocks"][:-1] + [(r"^norm(\d+)\.", (99999,))]
+        return matcher
+
+
+def is_features_module(model: nn.Module) -> bool:
+    return isinstance(model, UniRepLKNetFeatures)

@@ -1,0 +1,98 @@
+"""``create_model`` / ``list_models``: the variants by name, with pretrained weights and feature extraction."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from unireplknet.errors import CheckpointError, UnknownModelError
+from unireplknet.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from unireplknet.models.features import UniRepLKNetFeatures
+from unireplknet.models.pretrained import download_pretrained, resolve_pretrained
+from unireplknet.models.pretrained import pretrained_cfg as default_pretrained_cfg
+from unireplknet.models.unireplknet import UniRepLKNet
+from unireplknet.models.variants import VARIANTS
+
+logger = logging.getLogger(__name__)
+
+# Arguments timm's create_model passes to an entry point that concern its own weight loading.
+_TIMM_ONLY = ("pretrained_cfg_overlay", "cache_dir", "pretrained_strict")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered variant names matching a shell-style ``pattern``."""
+    return [name for name in VARIANTS if fnmatch.fnmatch(name, pattern)]
+
+
+def _load_pretrained(model: nn.Module, state: dict, features_only: bool) -> None:
+    """Load released weights, letting a different head (or a features-only model) start fresh."""
+    own = model.state_dict()
+    drop = set()
+    if features_only:
+        drop = {k for k in state if k.startswith(("norm.", "head."))}
+    elif "head.weight" in state and ("head.weight" not in own or state["head.weight"].shape != own["head.weight"].shape):
+        drop = {"head.weight", "head.bias"}
+        logger.info("pretrained head (%d classes) replaced by a new one", state["head.weight"].shape[0])
+    state = {k: v for k, v in state.items() if k not in drop}
+    result = load_checkpoint(model, state, strict=not drop)
+    if drop:
+        fresh = {k for k in result.missing_keys if not k.startswith(("head.", "norm"))}
+        if fresh or result.unexpected_keys:
+            raise CheckpointError(f"pretrained weights do not fit: missing {sorted(fresh)[:5]}, "
+                                  f"unexpected {sorted(result.unexpected_keys)[:5]}")
+
+
+def create_model(name: str, pretrained: bool | str = False, features_only: bool = False,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), pretrained_cfg: Any = None, **kwargs: Any) -> nn.Module:
+    """Build a variant by name (``unireplknet_a`` … ``unireplknet_h``).
+
+    ``pretrained``: False, True (default release), a tag (``'in1k'``, ``'in22k'``, ``'in22k_to_in1k'``) or a
+    local file. ``kwargs`` go to :class:`UniRepLKNet` (e.g. ``num_classes``, ``in_chans``, ``deploy``); with
+    ``deploy=True`` and released weights the training-form weights are loaded and then re-parameterized.
+    ``features_only=True`` returns the stage maps for ``out_indices`` (see :class:`UniRepLKNetFeatures`).
+    """
+    if name not in VARIANTS:
+        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    for key in _TIMM_ONLY:
+        kwargs.pop(key, None)
+    variant = VARIANTS[name]
+    timm_tag = pretrained_cfg.get("tag") if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "tag", None)
+    if pretrained is True and timm_tag:
+        pretrained = timm_tag
+    tag, local = resolve_pretrained(name, pretrained)
+    state = None
+    if tag is not None or local is not None:
+        path = local if local is not None else download_pretrained(name, tag)
+        state = extract_state_dict(read_checkpoint(Path(path)))
+        if "num_classes" not in kwargs and "head.weight" in state and not features_only:
+            kwargs["num_classes"] = state["head.weight"].shape[0]
+
+    deploy = bool(kwargs.pop("deploy", False))
+    build_kwargs = dict(depths=variant.depths, dims=variant.dims)
+    build_kwargs.update(kwargs)
+    build_deploy = deploy and state is None  # released weights are training form: load, then convert
+    if features_only:
+        model: nn.Module = UniRepLKNetFeatures(out_indices=out_indices, deploy=build_deploy, **build_kwargs)
+    else:
+        model = UniRepLKNet(deploy=build_deploy, **build_kwargs)
+    if state is not None:
+        _load_pretrained(model, state, features_only)
+        if deploy:
+            model.reparameterize()
+    model.pretrained_cfg = model.default_cfg = default_pretrained_cfg(name, tag)
+    return model
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """Convert a model (or any module holding UniRepLKNet blocks) to its deploy form in place; returns it."""
+    if hasattr(model, "reparameterize") and isinstance(model, UniRepLKNet):
+        return model.reparameterize()
+    for module in list(model.modules()):
+        if module is not model and hasattr(module, "reparameterize"):
+            module.reparameterize()
+    return model
