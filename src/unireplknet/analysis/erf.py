@@ -124,9 +124,11 @@ def area_ratios(erf: np.ndarray, thresholds: Sequence[float] = THRESHOLDS) -> di
 
 def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
               ratios: Mapping[str, Mapping[float, float]] | None = None, dpi: int = 120) -> Path:
-    """Save the log-scaled ERF maps side by side as a PNG (atomic write); each panel is scaled to its max.
+    """Save the log-scaled ERF maps side by side as a PNG (atomic write).
 
-    ``erfs``: title -> log-scaled map (H, W). A darker, wider area is a larger ERF (as in Fig. 2).
+    ``erfs``: title -> log-scaled map (H, W). Each panel is scaled to its 99.5th percentile (display only:
+    a few outlier pixels would otherwise wash out the map). Dark = large contribution, so a wider dark
+    area is a larger ERF (as in Fig. 2).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -140,8 +142,9 @@ def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
     FigureCanvasAgg(fig)
     for i, (title, erf) in enumerate(erfs.items()):
         ax = fig.add_subplot(1, n, i + 1)
-        data = erf / erf.max() if erf.max() > 0 else erf
-        im = ax.imshow(data, cmap="RdYlGn", vmin=0.0, vmax=1.0, interpolation="nearest")
+        top = float(np.percentile(erf, 99.5)) or float(erf.max()) or 1.0
+        im = ax.imshow(np.clip(erf / top, 0.0, 1.0), cmap="magma_r", vmin=0.0, vmax=1.0,
+                       interpolation="nearest")
         label = title
         if ratios and title in ratios:
             label += "\n" + ", ".join(f"{int(round(t * 100))}%: {r:.3f}" for t, r in ratios[title].items())
@@ -149,7 +152,7 @@ def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("Effective receptive field: log10(|grad| + 1), normalized; area ratio per threshold",
+    fig.suptitle("Effective receptive field: log10(|grad| + 1), normalized (dark = large); area ratios",
                  fontsize=9)
     fig.tight_layout()
     path = Path(path)
