@@ -1,0 +1,70 @@
+"""The fast CPU path for the depthwise 'same' convolution (paper §3.1.1).
+
+What PyTorch's CPU backend (oneDNN) does with a depthwise K×K convolution, measured on this project's CPU
+(docs/ops.md): the channels-last (NHWC) kernel runs every K at 150–240 GFLOP/s; the NCHW (blocked) kernel is
+as fast while the kernel is at most 13 columns wide, and beyond that drops to a reference loop at ~5–10
+GFLOP/s (the "cliff"). Tall kernels (K×13) stay on the fast NCHW kernel.
+
+So, for NCHW input with K > 13, the K×K kernel is split into column blocks of width ≤ 13: with the input
+zero-padded by K//2 columns, block b (kernel columns c0 .. c0+kw) is a *valid* convolution in W (and
+'same' in H) over the padded input's columns c0 .. c0+W+kw-1, and the output is the sum of the blocks.
+(The padding must be built into the input: oneDNN's NCHW kernel also falls off the cliff when the W padding
+exceeds ~K//2 of the block, and a sliced weight must be made contiguous.)
+No wasted FLOPs, no layout conversion, and autograd comes from the F.conv2d calls themselves.
+Channels-last input goes straight to oneDNN's NHWC kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MAX_FAST_NCHW_WIDTH", "column_blocks", "dwconv2d_cpu", "is_channels_last"]
+
+#: widest kernel (columns) that oneDNN's NCHW depthwise kernel runs without falling off the cliff.
+MAX_FAST_NCHW_WIDTH = 13
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor stored NHWC (and not also trivially NCHW-contiguous)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def column_blocks(K: int, max_width: int = MAX_FAST_NCHW_WIDTH) -> list[int]:
+    """Balanced widths (each ≤ max_width, summing to K) of the column blocks a K-wide kernel is split into."""
+    n = -(-K // max_width)
+    base, extra = divmod(K, n)
+    return [base + 1] * extra + [base] * (n - extra)
+
+
+def dwconv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 strategy: str = "auto", wide_nchw: str = "split") -> torch.Tensor:
+    """Depthwise 'same' conv for CPU tensors that never takes oneDNN's slow wide-kernel NCHW path.
+
+    x (N, C, H, W) any memory format, weight (C, 1, K, K), bias (C,) or None -> (N, C, H, W) in x's format.
+    strategy: "auto" (``wide_nchw`` for NCHW input with K > 13, direct otherwise), "split" (column blocks),
+    "channels_last" (convert the input to NHWC and back), or "direct" (plain F.conv2d).
+    """
+    C = weight.shape[0]
+    K = weight.shape[-1]
+    P = K // 2
+    if strategy == "auto":
+        strategy = "direct" if (is_channels_last(x) or K <= MAX_FAST_NCHW_WIDTH) else wide_nchw
+    if strategy == "direct":
+        return F.conv2d(x, weight, bias, padding=P, groups=C)
+    if strategy == "channels_last":
+        y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, padding=P, groups=C)
+        return y if is_channels_last(x) else y.contiguous()
+    if strategy != "split":
+        raise ValueError(f"unknown CPU strategy {strategy!r}; use 'auto', 'split', 'channels_last', 'direct'")
+    out: torch.Tensor | None = None
+    c0 = 0
+    for kw in column_blocks(K):
+        # input columns c0-P .. c0-P+W+kw-1, zero outside x (negative pads crop): one contiguous copy.
+        xb = F.pad(x, (P - c0, c0 + kw - 1 - P))
+        y = F.conv2d(xb, weight[..., c0:c0 + kw].contiguous(), bias if out is None else None,
+                     padding=(P, 0), groups=C)
+        out = y if out is None else out.add_(y)
+        c0 += kw
+    assert out is not None
+    return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out

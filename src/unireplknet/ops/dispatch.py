@@ -1,0 +1,111 @@
+"""Backend choice for the depthwise conv: ``backend`` argument, environment override, crossover table.
+
+Backends: ``"torch"`` (F.conv2d, the reference), ``"cpu"`` (ops/cpu.py, CPU tensors), ``"triton"``
+(ops/triton_kernels.py; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+``UNIREPLKNET_DWCONV_BACKEND`` (auto|torch|triton|cpu) replaces ``backend="auto"`` so tests and users can
+force one. Under torch.compile, ONNX export or tracing every call goes to F.conv2d (no graph break,
+exportable).
+
+The crossover table ("auto"; numbers from benchmarks/dwconv_table1.py, see docs/benchmarks.md):
+
+* CPU, any dtype: ``"cpu"``. It is F.conv2d itself wherever oneDNN is already fast (channels-last input,
+  or NCHW with K ≤ 13) and avoids oneDNN's NCHW wide-kernel cliff for K > 13 (≥ 5× faster there); which
+  NCHW strategy it uses for K > 13 is ``CPU_NCHW_STRATEGY`` (measured: see docs/benchmarks.md).
+* CUDA: ``"triton"`` when triton is importable, the input is NCHW-contiguous, and K ≥ ``GPU_MIN_K[dtype]``;
+  otherwise ``"torch"`` (cuDNN). GPU_MIN_K is PROVISIONAL — not measured yet (no GPU in the sessions so
+  far); replace it with the crossover printed by ``benchmarks/dwconv_table1.py --device cuda``.
+  A Triton compile/launch failure under "auto" logs one warning and falls back to cuDNN for that key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+
+import torch
+
+__all__ = ["BACKENDS", "CPU_NCHW_STRATEGY", "ENV_VAR", "GPU_MIN_K", "resolve_backend", "routed_to_reference"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "triton", "cpu")
+ENV_VAR = "UNIREPLKNET_DWCONV_BACKEND"
+
+#: CUDA: smallest K at which "auto" uses the Triton kernels, per dtype. PROVISIONAL (unmeasured on a GPU).
+GPU_MIN_K: dict[torch.dtype, int] = {torch.float32: 9, torch.float16: 9, torch.bfloat16: 9}
+
+#: CPU, NCHW input, K > 13: "split" (column blocks on oneDNN's NCHW kernel) or "channels_last" (convert).
+CPU_NCHW_STRATEGY = "channels_last"
+
+_failed: set[tuple] = set()
+
+
+def routed_to_reference() -> bool:
+    """True under torch.compile, ONNX export, or JIT tracing/scripting: use plain F.conv2d."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    if hasattr(torch, "compiler") and torch.compiler.is_compiling():
+        return True
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_backend_name(backend: str) -> None:
+    """ValueError for an unknown backend name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown dwconv backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+def _auto(x: torch.Tensor, K: int) -> str:
+    if x.device.type == "cpu":
+        return "cpu"
+    if x.device.type == "cuda":
+        min_k = GPU_MIN_K.get(x.dtype)
+        key = (x.device.index, x.dtype, K)
+        if (min_k is not None and min_k <= K and x.is_contiguous() and key not in _failed
+                and _triton_available()):
+            return "triton"
+    return "torch"
+
+
+def resolve_backend(x: torch.Tensor, K: int, backend: str = "auto") -> str:
+    """The concrete backend ("torch", "cpu" or "triton") for input x (N, C, H, W) and kernel size K."""
+    check_backend_name(backend)
+    if routed_to_reference():
+        return "torch"
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        if env not in BACKENDS:
+            raise ValueError(f"{ENV_VAR}={env!r} is not a dwconv backend; set it to one of "
+                             f"{', '.join(BACKENDS)}")
+        backend = env
+    if backend == "auto":
+        return _auto(x, K)
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"dwconv backend 'cpu' needs CPU tensors, got device {x.device}; "
+                         "use 'auto' or 'triton'")
+    if backend == "triton":
+        if not _triton_available():
+            raise ValueError("dwconv backend 'triton' needs the triton package; install it or use 'auto'")
+        if x.device.type == "cpu" and not _interpreting():
+            raise ValueError("dwconv backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set before "
+                             "triton is imported); use 'cpu' or 'torch' for CPU tensors")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"dwconv backend 'triton' supports CUDA tensors, got device {x.device}")
+    return backend
+
+
+def mark_failed(x: torch.Tensor, K: int, err: Exception) -> None:
+    """Remember that the Triton path failed for this (device, dtype, K) so "auto" stops choosing it."""
+    key = (x.device.index, x.dtype, K)
+    if key not in _failed:
+        log.warning("dwconv: Triton kernel failed for %s (%s); falling back to F.conv2d", key, err)
+    _failed.add(key)
