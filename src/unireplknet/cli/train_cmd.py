@@ -1,16 +1,166 @@
-"""`unireplknet train` (not implemented yet)."""
+"""`unireplknet train`: train a UniRepLKNet classifier (single process, or DDP under torchrun).
+
+With no arguments it trains a small UniRepLKNet on the embedded digits dataset (the ``digits`` recipe),
+then evaluates, re-parameterizes, exports to ONNX and writes a report into ``runs/train-<time>/``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
 from unireplknet.errors import UserError
 
+# flag -> config field (flags left unset keep the recipe's value)
+_FIELD_FLAGS = {
+    "data": "data", "model": "model", "epochs": "epochs", "batch_size": "batch_size", "output": "output",
+    "device": "device", "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
+    "workers": "workers", "img_size": "img_size", "amp": "amp", "accum_steps": "accum_steps",
+    "drop_path": "drop_path", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
+    "layer_decay": "layer_decay", "seed": "seed", "finetune": "finetune", "pretrained": "pretrained",
+    "grad_checkpointing": "grad_checkpointing", "channels_last": "channels_last", "compile": "compile",
+    "model_ema": "model_ema", "model_ema_decay": "model_ema_decay", "max_steps": "max_steps",
+    "limit_train_batches": "limit_train_batches", "limit_val_batches": "limit_val_batches",
+    "save_interval_steps": "save_interval_steps", "export_onnx": "export_onnx", "clip_grad": "clip_grad",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train (not implemented yet)")
+    p = sub.add_parser(
+        "train", help="train a classifier (default: a small UniRepLKNet on the embedded digits dataset)",
+        description="Train UniRepLKNet. With no arguments: the embedded digits dataset, then evaluation, "
+                    "re-parameterization, ONNX export and a report. Run under `torchrun --nproc_per_node N "
+                    "-m unireplknet train ...` for DDP.")
+    g = p.add_argument_group("run")
+    g.add_argument("--config", metavar="NAME|FILE",
+                   help="recipe: a name from unireplknet/configs (digits, unireplknet_t_in1k, ...) or a JSON file "
+                        "(default: digits)")
+    g.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ class folders, or 'digits'")
+    g.add_argument("--model", metavar="NAME", help="model name, e.g. unireplknet_a ... unireplknet_h")
+    g.add_argument("--epochs", type=_positive_int, metavar="N")
+    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="per process")
+    g.add_argument("--output", metavar="DIR", help="run folder (default: runs/train-<time>)")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                   help="continue a run: from <output>/last.pt, or from the checkpoint/run folder given")
+    g.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--workers", type=_nonneg_int, metavar="N", help="data loader processes per rank")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key (VALUE parsed as JSON when it can be), repeatable")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-export", dest="export_onnx", action="store_false", default=None,
+                   help="skip the ONNX export at the end")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="absolute lr (default: lr_base x global batch / lr_base_size)")
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--warmup-epochs", type=float)
+    o.add_argument("--layer-decay", type=float, help="layer-wise lr decay (fine-tuning)")
+    o.add_argument("--clip-grad", type=float)
+    o.add_argument("--accum-steps", type=_positive_int, metavar="N", help="gradient accumulation")
+    o.add_argument("--drop-path", type=float)
+    o.add_argument("--mixup", type=float)
+    o.add_argument("--cutmix", type=float)
+    o.add_argument("--smoothing", type=float)
+    o.add_argument("--img-size", type=_positive_int)
+    o.add_argument("--model-ema", action="store_true", default=None)
+    o.add_argument("--model-ema-decay", type=float)
+    o.add_argument("--pretrained", action="store_true", default=None, help="start from the official weights")
+    o.add_argument("--finetune", metavar="CKPT", help="start from a checkpoint (new head if classes differ)")
+    f = p.add_argument_group("performance")
+    f.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision")
+    f.add_argument("--grad-checkpointing", action="store_true", default=None)
+    f.add_argument("--channels-last", action="store_true", default=None)
+    f.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    s = p.add_argument_group("short runs")
+    s.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop after N optimizer steps in total")
+    s.add_argument("--limit-train-batches", type=_positive_int, metavar="N")
+    s.add_argument("--limit-val-batches", type=_positive_int, metavar="N")
+    s.add_argument("--save-interval-steps", type=_nonneg_int, metavar="N",
+                   help="also checkpoint every N steps (default: at epoch ends)")
     p.set_defaults(func=run)
 
 
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from the flags that were given (unset flags are absent)."""
+    out = _parse_set(getattr(args, "set", []) or [])
+    for flag, key in _FIELD_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    if "model" in out and "arch" not in out:
+        out["arch"] = None  # a named model replaces the recipe's custom architecture
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'train' is not implemented yet")
+    from unireplknet.engine.config import load_config, make_config
+    from unireplknet.engine.trainer import config_for_resume, resolve_resume, train
+
+    overrides = overrides_from_args(args)
+    resume = resolve_resume(args.output, args.resume)
+    if resume is not None:
+        if "arch" in overrides and overrides["arch"] is None:
+            overrides.pop("arch")  # keep the checkpoint's architecture; a model mismatch is reported on load
+        cfg = config_for_resume(resume, overrides)
+        if args.output is None:
+            cfg.output = str(resume.parent)
+    else:
+        cfg = load_config(args.config, overrides)
+    if "arch" in overrides and overrides.get("arch") is None and cfg.model is None:
+        cfg = make_config(cfg.to_dict(), {})
+    summary = train(cfg, resume=resume, progress=not args.no_progress)
+    if summary:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lines = [
+        "",
+        f"Training finished: {summary['model']} on {summary['data']}, {summary['epochs']} epochs, "
+        f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s",
+        f"  held-out top-1 {summary['val_acc1']:.2f}%  top-5 {summary['val_acc5']:.2f}%  "
+        f"loss {summary['val_loss']:.4f}  ({summary['val_samples']} images)",
+        f"  deploy form: same labels {summary['deploy_same_labels']} (max |logit diff| "
+        f"{summary['deploy_max_abs_diff']:.2e})",
+    ]
+    if "onnx_max_abs_diff" in summary:
+        lines.append(f"  ONNX: max |onnxruntime - PyTorch| {summary['onnx_max_abs_diff']:.2e}")
+    if summary.get("corrupt_images"):
+        lines.append(f"  skipped {summary['corrupt_images']} unreadable images")
+    lines.append(f"  run folder: {summary['paths']['run_dir']}  (summary.json, report/report.md)")
+    print("\n".join(lines))

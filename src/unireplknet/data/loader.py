@@ -1,0 +1,83 @@
+"""Datasets, transforms and loaders for a training run (timm's ``create_transform`` and ``Mixup``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from unireplknet.data.datasets import DigitsDataset, ImageFolderDataset
+from unireplknet.data.sampler import ResumableDistributedSampler
+from unireplknet.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = ("digits",)
+
+
+def build_transform(cfg: Any, is_training: bool):
+    """timm's training (random resized crop, flip, RandAugment, colour jitter, random erasing) or eval
+    (resize + center crop) pipeline, from the config's fields."""
+    from timm.data import create_transform
+
+    if is_training:
+        return create_transform(
+            input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), is_training=True,
+            scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment or None,
+            interpolation=cfg.interpolation, mean=tuple(cfg.mean), std=tuple(cfg.std),
+            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=1)
+    return create_transform(
+        input_size=(cfg.in_chans, cfg.img_size, cfg.img_size), is_training=False,
+        interpolation=cfg.interpolation, mean=tuple(cfg.mean), std=tuple(cfg.std), crop_pct=cfg.crop_pct)
+
+
+def build_datasets(cfg: Any) -> tuple[Dataset, Dataset, list[str]]:
+    """(train, val, class names) for ``cfg.data``: an embedded name or an ImageFolder root."""
+    train_tf, val_tf = build_transform(cfg, True), build_transform(cfg, False)
+    if cfg.data == "digits":
+        train = DigitsDataset("train", train_tf, size=cfg.img_size, in_chans=cfg.in_chans)
+        val = DigitsDataset("val", val_tf, size=cfg.img_size, in_chans=cfg.in_chans)
+        return train, val, list(DigitsDataset.class_names)
+    from pathlib import Path
+
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise UserError(f"data folder '{root}' does not exist; pass --data DIR (with train/ and val/ class "
+                        f"folders) or one of the embedded datasets: {', '.join(EMBEDDED)}")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"'{root}' has no '{split}/' folder; lay the data out as {root}/train/<class>/*.jpg "
+                            f"and {root}/val/<class>/*.jpg")
+    train = ImageFolderDataset(root / "train", train_tf, in_chans=cfg.in_chans)
+    val = ImageFolderDataset(root / "val", val_tf, class_names=train.class_names, in_chans=cfg.in_chans)
+    if len(train.class_names) < 2:
+        raise UserError(f"'{root / 'train'}' has {len(train.class_names)} class folder; classification needs "
+                        "at least 2")
+    train.check_readable()
+    val.check_readable()
+    return train, val, train.class_names
+
+
+def build_loader(dataset: Dataset, cfg: Any, *, rank: int, world_size: int, train: bool,
+                 device: torch.device) -> tuple[DataLoader, ResumableDistributedSampler]:
+    """A loader over this rank's shard. Training drops the last partial batch (mixup needs pairs)."""
+    sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, shuffle=train,
+                                          seed=cfg.seed, pad=train)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=cfg.pin_memory and device.type == "cuda", drop_last=train,
+                        persistent_workers=cfg.workers > 0)
+    return loader, sampler
+
+
+def build_mixup(cfg: Any, num_classes: int):
+    """timm's Mixup/CutMix (with label smoothing folded in), or None when both alphas are 0."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
+                 num_classes=num_classes)

@@ -1,0 +1,1 @@
+"""Training engine: configuration, loops, checkpoints, DDP, reports, export."""

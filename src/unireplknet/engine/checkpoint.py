@@ -1,0 +1,116 @@
+"""Run checkpoints: atomic writes, RNG states, and the layout shared with eval/predict/reparam/export.
+
+A run checkpoint is ``torch.save`` of::
+
+    {'model': state_dict (official key layout), 'meta': {...model description...},
+     'optimizer', 'scheduler', 'ema', 'scaler', 'epoch', 'step', 'epoch_samples', 'rng', 'config', ...}
+
+Everything in it is tensors or plain Python data, so ``torch.load(..., weights_only=True)`` reads it.
+It is written to a temp file in the same folder, flushed to disk, then renamed over the target, so a
+``kill -9`` at any moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file next to ``path``, fsync, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch, CUDA, numpy, random) as tensors and plain data."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": _to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_to_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def _to_plain(obj: Any) -> Any:
+    return [_to_plain(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+def _to_tuple(obj: Any) -> Any:
+    return tuple(_to_tuple(o) for o in obj) if isinstance(obj, list) else obj
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP and/or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The bare model's state dict on CPU (official key layout: no ``module.`` / ``_orig_mod.``)."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a run checkpoint (``UserError`` with a clear message when it is missing or unreadable)."""
+    from unireplknet.models.checkpoint import read_checkpoint
+
+    return read_checkpoint(path, map_location="cpu")

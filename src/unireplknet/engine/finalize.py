@@ -1,0 +1,103 @@
+"""End of a training run (rank 0): evaluate the best weights, re-parameterize and check the deploy form
+predicts the same labels, save the deploy checkpoint, export and verify ONNX, write the report and
+``summary.json``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from unireplknet.engine.checkpoint import atomic_save, atomic_write_text, load_run_checkpoint, unwrap_model
+from unireplknet.engine.loops import evaluate
+from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x.to(device)).float().cpu() for x, _ in loader])
+
+
+def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, class_names: list[str],
+             run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool) -> dict[str, Any]:
+    """Write the deploy checkpoint, ONNX file, report and summary; returns the summary."""
+    model = unwrap_model(model)
+    best_path = run_dir / "best.pt"
+    paths: dict[str, str] = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"),
+                             "metrics": str(run_dir / "metrics.jsonl"), "last": str(run_dir / "last.pt"),
+                             "log": str(run_dir / "train.log")}
+    if best_path.is_file():
+        model.load_state_dict(load_run_checkpoint(best_path)["model"])
+        paths["best"] = str(best_path)
+    model.eval()
+    loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+    if cfg.limit_val_batches:
+        loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]
+    final = evaluate(model, loader, device=device, gather=True, progress=progress, desc="final eval")
+
+    # re-parameterize: training form -> deploy form, which must predict the same labels
+    deploy = copy.deepcopy(model).reparameterize().eval()
+    train_logits = _predict(model, loader, device)
+    deploy_logits = _predict(deploy, loader, device)
+    same = (train_logits.argmax(1) == deploy_logits.argmax(1)).float().mean().item()
+    deploy_diff = (train_logits - deploy_logits).abs().max().item()
+    if same < 1.0:
+        log.warning("deploy form disagrees with the training form on %.2f%% of the labels (max |diff| %.2e)",
+                    100 * (1 - same), deploy_diff)
+    else:
+        log.info("deploy form predicts the same labels (max |logit diff| %.2e)", deploy_diff)
+    deploy_meta = dict(meta, deploy=True)
+    atomic_save({"model": {k: v.detach().cpu() for k, v in deploy.state_dict().items()}, "meta": deploy_meta},
+                run_dir / "deploy.pt")
+    paths["deploy"] = str(run_dir / "deploy.pt")
+
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "task": "classification",
+        "model": cfg.model or "UniRepLKNet(arch)",
+        "data": cfg.data,
+        "val_acc1": final["val_acc1"],
+        "val_acc5": final["val_acc5"],
+        "val_loss": final["val_loss"],
+        "val_samples": final["val_samples"],
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "steps": state.step,
+        "deploy_same_labels": same == 1.0,
+        "deploy_label_agreement": same,
+        "deploy_max_abs_diff": deploy_diff,
+        "corrupt_images": state.corrupt_images,
+    }
+    if cfg.export_onnx:
+        from unireplknet.engine.export import export_onnx, verify_onnx
+
+        onnx_path = export_onnx(deploy.cpu(), run_dir / "model.onnx", input_size=tuple(meta["input_size"]))
+        sample = next(iter(loader))[0][:8].cpu()
+        summary["onnx_max_abs_diff"] = float(verify_onnx(deploy, onnx_path, sample))
+        paths["onnx"] = str(onnx_path)
+        log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", onnx_path, summary["onnx_max_abs_diff"])
+
+    summary["wall_time_s"] = round(time.time() - t_start, 1)
+    cm = confusion_matrix(final["preds"], final["targets"], len(class_names))
+    report = write_report(run_dir, read_metrics(run_dir / "metrics.jsonl"), cm, class_names, summary)
+    paths.update({f"report_{k}" if k != "report" else "report": str(v) for k, v in report.items()})
+    summary["paths"] = paths
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+    return summary
+
+
+def _take(loader: DataLoader, n: int):
+    for i, batch in enumerate(loader):
+        if i >= n:
+            return
+        yield batch

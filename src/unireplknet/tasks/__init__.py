@@ -1,0 +1,1 @@
+"""Task definitions (model building, losses, metrics) used by the training engine."""
