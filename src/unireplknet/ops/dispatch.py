@@ -41,6 +41,11 @@ CPU_NCHW_STRATEGY = "channels_last"
 _failed: set[tuple] = set()
 
 
+def tracing() -> bool:
+    """True under torch.jit tracing/scripting or ONNX export."""
+    return bool(torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 def routed_to_reference() -> bool:
     """True under torch.compile, ONNX export, or JIT tracing/scripting: use plain F.conv2d."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():

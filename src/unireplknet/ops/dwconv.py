@@ -55,12 +55,14 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     padding or a non-square kernel is passed to F.conv2d (default padding = dilation·(K//2), 'same').
     """
     dispatch.check_backend_name(backend)
-    _validate(x, weight, bias)
     C = weight.shape[0]
-    kh, kw = weight.shape[-2:]
+    kh, kw = int(weight.shape[-2]), int(weight.shape[-1])
     stride, dilation = _pair(stride), _pair(dilation)
     same = (dilation[0] * (kh // 2), dilation[1] * (kw // 2))
     pad = same if padding is None else _pair(padding)
+    if dispatch.tracing():  # jit.trace / ONNX export: one plain convolution node, no Python-side checks
+        return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
+    _validate(x, weight, bias)
     if kh != kw or stride != (1, 1) or dilation != (1, 1) or pad != same or x.dtype not in _FAST_DTYPES:
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
     chosen = dispatch.resolve_backend(x, kh, backend)

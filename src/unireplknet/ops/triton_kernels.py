@@ -221,7 +221,10 @@ def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 def dwconv_wgrad(x: torch.Tensor, grad_out: torch.Tensor, K: int,
                  config: dict[str, int] | None = None) -> torch.Tensor:
-    """dW (C, 1, K, K), fp32 (fp64 for fp64 input), = Σ_{n,h,w} grad_out[n,c,h,w] · x_pad[n,c,h+i,w+j]; x, grad_out (N, C, H, W)."""
+    """dW[c, 0, i, j] = Σ_{n,h,w} grad_out[n,c,h,w] · x_pad[n,c,h+i,w+j]; x, grad_out (N, C, H, W).
+
+    Returned in fp32 (fp64 for fp64 input), shape (C, 1, K, K).
+    """
     N, C, H, W = x.shape
     if x.numel() == 0:
         return torch.zeros((C, 1, K, K), device=x.device, dtype=_part_dtype(x.dtype))

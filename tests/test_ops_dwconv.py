@@ -1,0 +1,248 @@
+"""dwconv2d / DepthwiseConv2d: torch and CPU backends, validation, dispatch, fallbacks (paper §3.1.1).
+
+Numerics against float64 F.conv2d. Tolerances: float32 atol/rtol 1e-4 (sums of ≤ 51² products of unit
+normals); float16/bfloat16 compared with a float32 reference at 2e-2 / 5e-2 relative to the output scale.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unireplknet.ops import ENV_VAR, DepthwiseConv2d, dispatch, dwconv2d
+from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu
+
+KS = [3, 5, 7, 9, 13, 17, 31, 51]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def _ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=w.shape[-1] // 2,
+                    groups=w.shape[0])
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a non-contiguous view: every other column of a wider tensor
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x
+
+
+def _shape(gen: torch.Generator, K: int) -> tuple[int, int, int, int]:
+    N = int(torch.randint(1, 3, (1,), generator=gen))
+    C = int(torch.randint(1, 6, (1,), generator=gen))
+    # H, W sometimes below K, never a multiple of a tile size by construction of the ranges
+    H = int(torch.randint(1, K + 9, (1,), generator=gen))
+    W = int(torch.randint(1, K + 9, (1,), generator=gen))
+    return N, C, H, W
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "auto"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("K", KS)
+def test_forward_matches_float64(backend: str, layout: str, K: int) -> None:
+    gen = torch.Generator().manual_seed(1000 * K + len(layout) + len(backend))
+    N, C, H, W = _shape(gen, K)
+    x = _layout(torch.randn(N, C, H, W, generator=gen), layout)
+    w = torch.randn(C, 1, K, K, generator=gen)
+    b = torch.randn(C, generator=gen) if K % 4 == 1 else None
+    y = dwconv2d(x, w, b, backend=backend)
+    assert y.shape == (N, C, H, W)
+    torch.testing.assert_close(y.double(), _ref(x, w, b), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["split", "channels_last", "direct"])
+@pytest.mark.parametrize("K", [15, 17, 31])
+def test_cpu_strategies_forward_and_grads(strategy: str, K: int) -> None:
+    gen = torch.Generator().manual_seed(K)
+    N, C, H, W = 2, 3, 11, 23
+    x = torch.randn(N, C, H, W, generator=gen, requires_grad=True)
+    w = torch.randn(C, 1, K, K, generator=gen, requires_grad=True)
+    b = torch.randn(C, generator=gen, requires_grad=True)
+    g = torch.randn(N, C, H, W, generator=gen)
+    y = dwconv2d_cpu(x, w, b, strategy=strategy)
+    y.backward(g)
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = _ref(xd, wd, bd)
+    ref.backward(g.double())
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-4, rtol=1e-4)
+    for got, want in ((x.grad, xd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+        torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_output_keeps_memory_format(layout: str) -> None:
+    x = _layout(torch.randn(2, 8, 9, 9), layout)
+    w = torch.randn(8, 1, 17, 17)
+    y = dwconv2d(x, w, backend="cpu")
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    assert y.is_contiguous() == (layout == "contiguous")
+
+
+def test_cpu_gradcheck_float64_split_path() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(2, 1, 15, 15, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: dwconv2d_cpu(*a, strategy="split"), (x, w, b))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("K", [7, 31])
+def test_cpu_low_precision_close_to_float32(dtype: torch.dtype, tol: float, K: int) -> None:
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 4, 13, 10, generator=gen)
+    w = torch.randn(4, 1, K, K, generator=gen) / K
+    y = dwconv2d(x.to(dtype), w.to(dtype), backend="cpu")
+    assert y.dtype == dtype
+    ref = _ref(x, w, None)
+    assert (y.double() - ref).abs().max() <= tol * ref.abs().max()
+
+
+def test_column_blocks_cover_kernel_with_fast_widths() -> None:
+    for K in range(1, 80):
+        blocks = column_blocks(K)
+        assert sum(blocks) == K
+        assert max(blocks) <= MAX_FAST_NCHW_WIDTH
+        assert max(blocks) - min(blocks) <= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(stride=2), dict(dilation=2), dict(padding=1), dict(stride=(1, 2), dilation=(2, 1))],
+)
+def test_unsupported_geometry_falls_back_to_conv2d(kwargs: dict) -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 12, 11, generator=gen)
+    w = torch.randn(3, 1, 5, 5, generator=gen)
+    dil = kwargs.get("dilation", 1)
+    dil = (dil, dil) if isinstance(dil, int) else dil
+    pad = kwargs.get("padding", (2 * dil[0], 2 * dil[1]))
+    want = F.conv2d(x, w, None, stride=kwargs.get("stride", 1), padding=pad, dilation=dil, groups=3)
+    torch.testing.assert_close(dwconv2d(x, w, backend="cpu", **kwargs), want)
+
+
+def test_non_square_odd_kernel_falls_back() -> None:
+    x = torch.randn(1, 2, 8, 9)
+    w = torch.randn(2, 1, 3, 7)
+    torch.testing.assert_close(dwconv2d(x, w), F.conv2d(x, w, padding=(1, 3), groups=2))
+
+
+@pytest.mark.parametrize(
+    "weight_shape,bias_shape,backend,match",
+    [
+        ((4, 1, 4, 4), None, "auto", "odd"),
+        ((4, 2, 5, 5), None, "auto", r"\(C, 1, K, K\)"),
+        ((3, 1, 5, 5), None, "auto", "channels"),
+        ((4, 1, 5, 5), (3,), "auto", "bias"),
+        ((4, 1, 5, 5), None, "cuda", "unknown dwconv backend"),
+    ],
+)
+def test_bad_input_raises_one_line_value_error(weight_shape, bias_shape, backend, match) -> None:
+    x = torch.randn(1, 4, 6, 6)
+    b = None if bias_shape is None else torch.randn(*bias_shape)
+    with pytest.raises(ValueError, match=match) as info:
+        dwconv2d(x, torch.randn(*weight_shape), b, backend=backend)
+    assert "\n" not in str(info.value)
+
+
+def test_dtype_mismatch_and_bad_rank_raise() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        dwconv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        dwconv2d(torch.randn(2, 5, 5), torch.randn(2, 1, 3, 3))
+
+
+def test_module_rejects_even_kernel_and_unknown_backend() -> None:
+    with pytest.raises(ValueError, match="odd"):
+        DepthwiseConv2d(4, 6)
+    with pytest.raises(ValueError, match="unknown dwconv backend"):
+        DepthwiseConv2d(4, 5, backend="fast")
+
+
+def test_env_var_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(1, 2, 5, 5)
+    monkeypatch.setenv(ENV_VAR, "torch")
+    assert dispatch.resolve_backend(x, 17, "auto") == "torch"
+    assert dispatch.resolve_backend(x, 17, "cpu") == "cpu"
+    monkeypatch.setenv(ENV_VAR, "cpu")
+    assert dispatch.resolve_backend(x, 17, "auto") == "cpu"
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=ENV_VAR):
+        dwconv2d(x, torch.randn(2, 1, 3, 3))
+
+
+def test_auto_on_cpu_uses_cpu_path() -> None:
+    assert dispatch.resolve_backend(torch.randn(1, 2, 5, 5), 31, "auto") == "cpu"
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        dwconv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 1, 3, 3), backend="triton")
+
+
+def test_compiling_tracing_and_export_route_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(1, 2, 5, 5)
+    monkeypatch.setenv(ENV_VAR, "cpu")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert dispatch.resolve_backend(x, 31, "triton") == "torch"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert dispatch.resolve_backend(x, 31, "cpu") == "torch"
+
+
+def test_jit_trace_records_a_single_convolution() -> None:
+    m = DepthwiseConv2d(4, 17).eval()
+    x = torch.randn(1, 4, 9, 9)
+    traced = torch.jit.trace(m, x)
+    kinds = [n.kind() for n in traced.graph.nodes()]
+    assert kinds.count("aten::_convolution") == 1
+    assert "aten::constant_pad_nd" not in kinds
+    torch.testing.assert_close(traced(x), m(x))
+
+
+@pytest.mark.skipif(os.environ.get("UNIREPLKNET_SKIP_COMPILE") == "1", reason="compile tests disabled")
+def test_torch_compile_fullgraph_no_graph_break() -> None:
+    m = DepthwiseConv2d(3, 17).eval()
+    x = torch.randn(1, 3, 10, 10)
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_module_state_dict_and_reparam_assignment() -> None:
+    m = DepthwiseConv2d(6, 13, bias=False)
+    assert set(m.state_dict()) == {"weight"}
+    assert m.weight.shape == (6, 1, 13, 13) and m.bias is None
+    m2 = DepthwiseConv2d(6, 13, bias=True)
+    assert set(m2.state_dict()) == {"weight", "bias"}
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(6, 1, 13, 13))
+    m.bias = torch.nn.Parameter(torch.randn(6))
+    x = torch.randn(2, 6, 7, 8)
+    torch.testing.assert_close(m(x).double(), _ref(x, m.weight, m.bias), atol=1e-4, rtol=1e-4)
+    assert "kernel_size=13" in repr(m)
+
+
+def test_module_training_step_grads_match_reference() -> None:
+    gen = torch.Generator().manual_seed(5)
+    m = DepthwiseConv2d(3, 31)
+    x = torch.randn(2, 3, 12, 14, generator=gen, requires_grad=True)
+    m(x).square().sum().backward()
+    xd = x.detach().double().requires_grad_()
+    wd = m.weight.detach().double().requires_grad_()
+    bd = m.bias.detach().double().requires_grad_()
+    _ref(xd, wd, bd).square().sum().backward()
+    torch.testing.assert_close(x.grad.double(), xd.grad, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(m.weight.grad.double(), wd.grad, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(m.bias.grad.double(), bd.grad, atol=1e-3, rtol=1e-4)
