@@ -68,7 +68,8 @@ def test_forward_matches_float64(K: int, layout: str) -> None:
     b = torch.randn(C, generator=gen).to(DEV)
     y = dwconv2d(x, w, b if K % 4 == 1 else None, backend="triton")
     assert y.shape == (N, C, H, W)
-    assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    assert y.is_contiguous(memory_format=cl) == x.is_contiguous(memory_format=cl)
     torch.testing.assert_close(y.double(), _ref(x, w, b if K % 4 == 1 else None), atol=2e-4, rtol=2e-4)
 
 
