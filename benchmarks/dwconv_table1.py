@@ -125,7 +125,8 @@ def run_gpu(args: argparse.Namespace) -> None:
                 return dwconv2d(a, w, backend="triton")
             t = measure({"torch": make_step(torch_conv, x, ws, args.mode),
                          "ours": make_step(ours, x, ws, args.mode)}, "cuda", args.reps, args.warmup)
-            flops, nbytes = roofline(args.batch, args.channels, R, K, args.layers, x.element_size(), args.mode)
+            flops, nbytes = roofline(args.batch, args.channels, R, K, args.layers, x.element_size(),
+                                     args.mode)
             tc, tm = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
             ratio = t["torch"] / t["ours"]
             faster_from = (faster_from or K) if ratio > 1.0 else None
@@ -150,7 +151,8 @@ def run_cpu(args: argparse.Namespace) -> None:
         for K in args.ks:
             gen = torch.Generator().manual_seed(K)
             x = torch.randn(args.batch, args.channels, R, R, dtype=dtype, generator=gen)
-            ws = [torch.randn(args.channels, 1, K, K, dtype=dtype, generator=gen) / K for _ in range(args.layers)]
+            ws = [torch.randn(args.channels, 1, K, K, dtype=dtype, generator=gen) / K
+                  for _ in range(args.layers)]
             xc = x.contiguous(memory_format=cl)
             steps = {
                 "torch_nchw": make_step(torch_conv, x, ws, args.mode),
@@ -159,13 +161,15 @@ def run_cpu(args: argparse.Namespace) -> None:
                 "ours_cl": make_step(lambda a, w: dwconv2d(a, w, backend="auto"), xc, ws, args.mode),
             }
             if args.strategies:
-                steps["split"] = make_step(lambda a, w: dwconv2d_cpu(a, w, strategy="split"), x, ws, args.mode)
+                steps["split"] = make_step(lambda a, w: dwconv2d_cpu(a, w, strategy="split"), x, ws,
+                                           args.mode)
                 steps["to_cl"] = make_step(lambda a, w: dwconv2d_cpu(a, w, strategy="channels_last"), x, ws,
                                            args.mode)
             t = measure(steps, "cpu", args.reps, args.warmup)
             best = min(t["torch_nchw"], t["torch_cl"])
             row = (f"| {R} | {K} | {t['torch_nchw']:.1f} | {t['torch_cl']:.1f} | {t['ours_nchw']:.1f} | "
-                   f"{t['ours_cl']:.1f} | {t['torch_nchw'] / t['ours_nchw']:.1f}x | {best / t['ours_nchw']:.2f}x | "
+                   f"{t['ours_cl']:.1f} | {t['torch_nchw'] / t['ours_nchw']:.1f}x | "
+                   f"{best / t['ours_nchw']:.2f}x | "
                    f"{best / t['ours_cl']:.2f}x |")
             if args.strategies:
                 row += f" {t['split']:.1f} | {t['to_cl']:.1f} |"
@@ -174,7 +178,8 @@ def run_cpu(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cuda", "cpu"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mode", choices=["fwd", "fwdbwd"], default="fwd")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32")
     p.add_argument("--batch", type=int, default=None, help="N (GPU default 64, CPU default 8)")
