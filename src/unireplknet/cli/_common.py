@@ -190,7 +190,13 @@ def load_model(checkpoint: str | None, model_name: str | None = None, num_classe
         if extra:
             log.warning("--model-kwargs ignored: the checkpoint's meta describes the model")
         model, meta = build_model_from_checkpoint(obj)
-        return model.eval(), dict(meta)
+        meta = dict(meta)
+        config = obj.get("config")
+        if isinstance(config, Mapping):  # a training run's eval preprocessing
+            for key in ("crop_pct", "interpolation"):
+                if key in config and key not in meta:
+                    meta[key] = config[key]
+        return model.eval(), meta
 
     if model_name is None:
         raise UserError(f"checkpoint '{path}' has no metadata (an official checkpoint?); pass --model NAME "
