@@ -6,6 +6,7 @@ from unireplknet.layers.grn import GRN
 from unireplknet.layers.layout import ToChannelsFirst, ToChannelsLast
 from unireplknet.layers.norm import LayerNorm2d
 from unireplknet.layers.reparam import dilate_kernel, fuse_bn, merge_bn_into_linear, pad_kernel
+from unireplknet.layers.scaled_linear import scaled_linear
 from unireplknet.layers.se import SEBlock
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "fuse_bn",
     "merge_bn_into_linear",
     "pad_kernel",
+    "scaled_linear",
 ]

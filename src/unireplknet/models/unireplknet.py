@@ -23,6 +23,7 @@ from unireplknet.layers import (
     ToChannelsLast,
     fuse_bn,
     merge_bn_into_linear,
+    scaled_linear,
 )
 from unireplknet.models.variants import default_kernel_sizes
 from unireplknet.ops import DepthwiseConv2d
@@ -71,8 +72,20 @@ class UniRepLKNetBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.se(self.norm(self.dwconv(x)))
-        y = self.pwconv2(self.act(self.pwconv1(y)))
+        # Same function as se -> pwconv1 -> act -> pwconv2, with the SE and GRN per-sample channel
+        # factors folded into the adjacent Linear weights where that saves a pass over the map.
+        y = self.norm(self.dwconv(x))
+        se_weights = self.se.channel_weights(y)  # (N, C)
+        fc1, grn, fc2 = self.pwconv1[1], self.act[1], self.pwconv2[0]
+        h = scaled_linear(y.permute(0, 2, 3, 1), se_weights, fc1.weight, fc1.bias)  # (N, H, W, 4C)
+        h = self.act[0](h)
+        bias2 = fc2.bias
+        if grn.beta is not None:
+            grn_bias = fc2.weight @ grn.beta.reshape(-1)
+            bias2 = grn_bias if bias2 is None else bias2 + grn_bias
+        y = scaled_linear(h, grn.channel_scale(h), fc2.weight, bias2).permute(0, 3, 1, 2)  # (N, C, H, W)
+        if len(self.pwconv2) > 2:
+            y = self.pwconv2[2](y)
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return self.drop_path(y)
@@ -170,7 +183,8 @@ class UniRepLKNet(nn.Module):
 
         self.downsample_layers = nn.ModuleList(
             [_stem(in_chans, dims[0])] + [_downsample(dims[i], dims[i + 1]) for i in range(3)])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        rates = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
         self.stages = nn.ModuleList()
         offset = 0
         for i in range(4):

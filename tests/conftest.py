@@ -1,0 +1,42 @@
+"""Shared fixtures: the official reference data in ../shared/reference (read-only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REFERENCE_DIR = Path(os.environ.get("UNIREPLKNET_REFERENCE_DIR",
+                                    Path(__file__).resolve().parents[2] / "shared" / "reference"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"reference data missing: {path} (set UNIREPLKNET_REFERENCE_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    """The official implementation's UniRepLKNet-A weights, input and logits."""
+    return torch.load(_require(REFERENCE_DIR / "golden_unireplknet_a.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def official_shapes() -> dict:
+    """Key -> shape tables of every official variant, training and deploy form, with parameter counts."""
+    return json.loads(_require(REFERENCE_DIR / "official_state_dict_shapes.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def official_settings() -> dict:
+    return json.loads(_require(REFERENCE_DIR / "official_settings.json").read_text())
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖."""
+    a, b = a.detach(), b.detach()
+    return float((a - b).norm() / b.norm())
