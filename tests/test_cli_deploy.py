@@ -74,10 +74,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
                biased_ck)
     official = root / "official.pth"  # no meta, like the released checkpoints
     torch.save({"model": model.state_dict()}, official)
+    official_biased = root / "official_biased.pth"
+    torch.save(biased.state_dict(), official_biased)  # raw state dict, as some releases are
     garbage = root / "garbage.pt"
     garbage.write_bytes(b"\x00\x01 definitely not a checkpoint")
     return {"root": root, "data": root / "data", "run": run_ck, "biased": biased_ck, "official": official,
-            "garbage": garbage}
+            "official_biased": official_biased, "garbage": garbage}
 
 
 def test_reparam_writes_exact_deploy_checkpoint(files, capsys, tmp_path):
@@ -150,6 +152,19 @@ def test_eval_known_accuracy(files, capsys, tmp_path, reparam):
     assert report["top5"] == pytest.approx(100 * (total - IMAGES_PER_CLASS["ant"]) / total)
     assert report["form"] == ("deploy" if reparam else "training")
     assert json.loads((tmp_path / "eval.json").read_text()) == report
+
+
+def test_eval_official_checkpoint_uses_sorted_folder_order(files, capsys):
+    # no class names in an official checkpoint: folders are class indices in sorted order (ImageNet's rule),
+    # so the always-index-0 model predicts 'ant', the first folder
+    code, stdout, _ = _run(["eval", "--checkpoint", str(files["official_biased"]), "--model", "unireplknet_a",
+                            "--model-kwargs", json.dumps(TINY), "--data", str(files["data"]),
+                            "--img-size", "32"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    total = sum(IMAGES_PER_CLASS.values())
+    assert report["model"] == "unireplknet_a" and report["num_images"] == total
+    assert report["top1"] == pytest.approx(100 * IMAGES_PER_CLASS["ant"] / total)
 
 
 def test_predict_topk_labels(files, capsys, tmp_path):
