@@ -111,6 +111,13 @@ def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a run checkpoint (``UserError`` with a clear message when it is missing or unreadable)."""
+    from unireplknet.errors import UserError
     from unireplknet.models.checkpoint import read_checkpoint
 
-    return read_checkpoint(path, map_location="cpu")
+    try:
+        return read_checkpoint(path, map_location="cpu")
+    except UserError:
+        raise
+    except Exception as err:  # torch.load can fail in many ways on a file that is not a checkpoint
+        raise UserError(f"cannot read '{path}' as a checkpoint ({type(err).__name__}: {err}); is it truncated, "
+                        "or not a checkpoint?") from None

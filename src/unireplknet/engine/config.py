@@ -37,7 +37,7 @@ class TrainConfig:
     layer_scale_init_value: float = 1e-6
     head_init_scale: float = 1.0
     # --- data ---
-    data: str = "digits"  # "digits" (embedded) or an ImageFolder root with train/ and val/
+    data: str | None = "digits"  # "digits" (embedded) or an ImageFolder root with train/ and val/
     img_size: int = 224
     in_chans: int = 3
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -153,6 +153,8 @@ def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | Non
 
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible values with a one-line ``UserError``."""
+    if not cfg.data:
+        raise UserError("this recipe needs a dataset: pass --data DIR (an ImageFolder root with train/ and val/)")
     checks = [
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.batch_size >= 1, "batch size must be at least 1"),

@@ -29,7 +29,8 @@ def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> torc
 
 
 def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, class_names: list[str],
-             run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool) -> dict[str, Any]:
+             run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool,
+             world_size: int = 1) -> dict[str, Any]:
     """Write the deploy checkpoint, ONNX file, report and summary; returns the summary."""
     model = unwrap_model(model)
     best_path = run_dir / "best.pt"
@@ -43,7 +44,8 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
     loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
     if cfg.limit_val_batches:
         loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]
-    final = evaluate(model, loader, device=device, gather=True, progress=progress, desc="final eval")
+    final = evaluate(model, loader, device=device, gather=True, progress=progress, desc="final eval",
+                     reduce=False)
 
     # re-parameterize: training form -> deploy form, which must predict the same labels
     deploy = copy.deepcopy(model).reparameterize().eval()
@@ -72,6 +74,8 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
         "val_samples": final["val_samples"],
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
+        "world_size": world_size,
+        "global_batch": cfg.global_batch(world_size),
         "steps": state.step,
         "deploy_same_labels": same == 1.0,
         "deploy_label_agreement": same,

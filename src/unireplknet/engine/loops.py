@@ -56,16 +56,16 @@ def train_one_epoch(
 
     model.train()
     accum = cfg.accum_steps
+    samples_per_update = cfg.batch_size * world_size * accum
+    done_before = state.epoch_samples // samples_per_update  # updates of this epoch before a resume
     batches = len(loader)
     if cfg.limit_train_batches:
-        batches = min(batches, cfg.limit_train_batches)
+        batches = min(batches, max(0, cfg.limit_train_batches - done_before * accum))
     updates = batches // accum
     # updates of a full epoch, for the fractional-epoch lr schedule (a resumed epoch has fewer left)
     full_updates = max(1, (math.ceil(loader.sampler.n / world_size) // cfg.batch_size) // accum)
     if cfg.limit_train_batches:
         full_updates = max(1, min(full_updates, cfg.limit_train_batches // accum))
-    samples_per_update = cfg.batch_size * world_size * accum
-    done_before = state.epoch_samples // samples_per_update
 
     loss_sum, loss_n, seen = 0.0, 0, 0
     data_time = compute_time = 0.0
@@ -155,9 +155,9 @@ def _epoch_stats(loss_sum: float, loss_n: int, lr: float, data_time: float, comp
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, *, device: torch.device, amp: str = "none",
              channels_last: bool = False, limit_batches: int | None = None, gather: bool = False,
-             progress: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Top-1/top-5 accuracy (percent) and mean CE loss over every rank's shard; with ``gather``, also the
-    predictions and targets of all samples (for a confusion matrix)."""
+             progress: bool = False, desc: str = "eval", reduce: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 accuracy (percent) and mean CE loss over every rank's shard (this process's loader
+    only with ``reduce=False``); with ``gather``, also the predictions and targets of all samples."""
     from tqdm import tqdm
 
     model.eval()
@@ -185,11 +185,12 @@ def evaluate(model: nn.Module, loader: Any, *, device: torch.device, amp: str = 
         if gather:
             preds += logits.argmax(1).tolist()
             trues += targets.tolist()
-    loss_sum, n, c1, c5, bad = all_reduce_sum([loss_sum, n, c1, c5, bad], device)
+    if reduce:
+        loss_sum, n, c1, c5, bad = all_reduce_sum([loss_sum, n, c1, c5, bad], device)
     out: dict[str, Any] = {"val_loss": loss_sum / max(n, 1), "val_acc1": 100.0 * c1 / max(n, 1),
                            "val_acc5": 100.0 * c5 / max(n, 1), "val_samples": int(n), "val_corrupt": int(bad)}
     if gather:
-        parts = all_gather_object((preds, trues))
+        parts = all_gather_object((preds, trues)) if reduce else [(preds, trues)]
         out["preds"] = [p for part in parts for p in part[0]]
         out["targets"] = [t for part in parts for t in part[1]]
     return out

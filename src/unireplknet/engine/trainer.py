@@ -122,11 +122,12 @@ def _train(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, progress: bo
     if cfg.output is None:
         cfg.output = D.broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S"))
     run_dir = Path(cfg.output)
+    if resume is None and (run_dir / "last.pt").exists():  # checked on every rank: all stop together
+        raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it or choose "
+                        "another --output")
+    D.barrier()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume is None and (run_dir / "last.pt").exists():
-            raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it or choose "
-                            "another --output")
     D.barrier()
     handler = _setup_logging(run_dir, dist.is_main)
     try:
@@ -182,7 +183,10 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if dist.distributed and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif dist.is_main:
+            log.info("SyncBatchNorm needs GPUs: on CPU each process keeps its own BatchNorm statistics")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -303,7 +307,7 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     from unireplknet.engine.finalize import finalize
 
     return finalize(cfg=cfg, model=model, meta=meta, val_set=val_set, class_names=class_names, run_dir=run_dir,
-                    state=state, device=device, t_start=t_start, progress=progress)
+                    state=state, device=device, t_start=t_start, progress=progress, world_size=dist.world_size)
 
 
 def _checkpoint(model: nn.Module, meta: dict[str, Any], optimizer: Any, scheduler: Any, ema: Any, scaler: Any,

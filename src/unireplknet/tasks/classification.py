@@ -55,9 +55,10 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
 def load_finetune(model: nn.Module, path: str) -> None:
     """Load a checkpoint's weights for fine-tuning: everything must fit except the classifier, which is
     kept fresh when its shape differs (another class count)."""
-    from unireplknet.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+    from unireplknet.engine.checkpoint import load_run_checkpoint
+    from unireplknet.models.checkpoint import extract_state_dict, load_checkpoint
 
-    state = extract_state_dict(read_checkpoint(path))
+    state = extract_state_dict(load_run_checkpoint(path))
     own = model.state_dict()
     head = [k for k in state if k.startswith("head.") and k in own and state[k].shape != own[k].shape]
     if head:
