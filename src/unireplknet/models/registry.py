@@ -21,7 +21,7 @@ from unireplknet.models.variants import VARIANTS
 logger = logging.getLogger(__name__)
 
 # Arguments timm's create_model passes to an entry point that concern its own weight loading.
-_TIMM_ONLY = ("pretrained_cfg_overlay", "cache_dir", "pretrained_strict")
+_TIMM_ONLY = ("pretrained_cfg_overlay", "pretrained_strict")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -52,7 +52,7 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
     """Build a variant by name (``unireplknet_a`` … ``unireplknet_h``).
 
     ``pretrained``: False, True (default release), a tag (``'in1k'``, ``'in22k'``, ``'in22k_to_in1k'``) or a
-    local file. ``kwargs`` go to :class:`UniRepLKNet` (e.g. ``num_classes``, ``in_chans``, ``deploy``); with
+    local file; ``cache_dir`` overrides the Hugging Face cache. ``kwargs`` go to :class:`UniRepLKNet` (e.g. ``num_classes``, ``in_chans``, ``deploy``); with
     ``deploy=True`` and released weights the training-form weights are loaded and then re-parameterized.
     ``features_only=True`` returns the stage maps for ``out_indices`` (see :class:`UniRepLKNetFeatures`).
     """
@@ -60,6 +60,7 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
         raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
     for key in _TIMM_ONLY:
         kwargs.pop(key, None)
+    cache_dir = kwargs.pop("cache_dir", None)
     variant = VARIANTS[name]
     timm_tag = pretrained_cfg.get("tag") if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "tag", None)
     if pretrained is True and timm_tag:
@@ -67,7 +68,7 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
     tag, local = resolve_pretrained(name, pretrained)
     state = None
     if tag is not None or local is not None:
-        path = local if local is not None else download_pretrained(name, tag)
+        path = local if local is not None else download_pretrained(name, tag, cache_dir)
         state = extract_state_dict(read_checkpoint(Path(path)))
         if "num_classes" not in kwargs and "head.weight" in state and not features_only:
             kwargs["num_classes"] = state["head.weight"].shape[0]
