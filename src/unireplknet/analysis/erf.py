@@ -44,9 +44,10 @@ def compute_erf(model: nn.Module, images: Iterable[torch.Tensor], device: str | 
     """Mean over ``images`` of |d(central pixel of the last stage's map) / d input|, summed over channels.
 
     ``images``: tensors (1, C, H, W) or (C, H, W), already normalized, all of one size. ``feature_fn``
-    maps a batch to the final feature map (N, D, h, w); default ``model.forward_features``. The model is
-    used in eval mode (BatchNorm statistics frozen) and its parameters get no gradient. Returns the
-    *raw* contribution map (H, W) as float64; apply :func:`log_scale` before plotting or measuring.
+    maps a batch to the final feature map (N, D, h, w); default ``model.forward_features``. The model must
+    already be on ``device``; it is used in eval mode (BatchNorm statistics frozen) and its parameters get
+    no gradient. Returns the *raw* contribution map (H, W) as float64; apply :func:`log_scale` before
+    plotting or measuring.
     """
     fn = feature_fn or _default_features(model)
     device = torch.device(device)

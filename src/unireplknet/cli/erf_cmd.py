@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _models(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, dict[str, Any]]]:
+    if args.kernel_size and args.model is None:
+        raise UserError("--kernel-size builds untrained variants of --model NAME; "
+                        "add --model (e.g. unireplknet_a)")
     out = []
     for ck in args.checkpoint:
         model, meta = C.load_model(ck, args.model, args.num_classes, None)
