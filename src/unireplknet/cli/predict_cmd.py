@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from unireplknet.cli import _common as C
+from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
             with Image.open(path) as img:
                 img.verify()
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise C.UserError(f"cannot read image '{path}' ({type(err).__name__}); "
-                              "is it a valid image file?") from err
+            raise UserError(f"cannot read image '{path}' ({type(err).__name__}); "
+                            "is it a valid image file?") from err
     model, meta = C.load_model(args.checkpoint, args.model, args.num_classes, args.model_kwargs)
     if args.reparam and not C.is_deploy(model):
         model.reparameterize()
