@@ -246,3 +246,15 @@ def test_module_training_step_grads_match_reference() -> None:
     torch.testing.assert_close(x.grad.double(), xd.grad, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(m.weight.grad.double(), wd.grad, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(m.bias.grad.double(), bd.grad, atol=1e-3, rtol=1e-4)
+
+
+def test_cpu_autocast_casts_like_conv2d() -> None:
+    m = DepthwiseConv2d(4, 17)
+    x = torch.randn(2, 4, 9, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        want = F.conv2d(x, m.weight, m.bias, padding=8, groups=4)
+    assert y.dtype == want.dtype == torch.bfloat16
+    assert (y.double() - want.double()).abs().max() <= 2e-2 * want.abs().max()
+    y.float().sum().backward()
+    assert m.weight.grad is not None and m.weight.grad.dtype == torch.float32

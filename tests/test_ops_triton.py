@@ -20,12 +20,19 @@ if importlib.util.find_spec("triton") is None:  # the suite needs triton; say so
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
+# The kernels become interpreter functions when decorated, so the variable must be set while they are first
+# imported; it is put back afterwards (and set per test by the fixture) so it does not leak into other tests.
+_saved = os.environ.get("TRITON_INTERPRET")
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
-
 from unireplknet.ops import DepthwiseConv2d, dwconv2d  # noqa: E402
 from unireplknet.ops import triton_kernels as tk  # noqa: E402
 from unireplknet.ops.autograd import dwconv2d_triton  # noqa: E402
+
+if _saved is None:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = _saved
 
 KS = [3, 5, 7, 9, 13, 17, 31, 51]
 

@@ -43,6 +43,18 @@ def _validate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
                          "cast them (or use autocast) first")
 
 
+def _autocast(x: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Under autocast, cast like F.conv2d does (to the autocast dtype); autograd sees the casts."""
+    dev = x.device.type
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+        return x, weight, bias
+    dt = torch.get_autocast_dtype(dev)
+    if not (x.is_floating_point() and weight.is_floating_point()):
+        return x, weight, bias
+    return x.to(dt), weight.to(dt), None if bias is None else bias.to(dt)
+
+
 def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
              backend: str = "auto", stride: int | tuple[int, int] = 1,
              padding: int | tuple[int, int] | None = None,
@@ -62,6 +74,7 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     pad = same if padding is None else _pair(padding)
     if dispatch.tracing():  # jit.trace / ONNX export: one plain convolution node, no Python-side checks
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
+    x, weight, bias = _autocast(x, weight, bias)
     _validate(x, weight, bias)
     if kh != kw or stride != (1, 1) or dilation != (1, 1) or pad != same or x.dtype not in _FAST_DTYPES:
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)

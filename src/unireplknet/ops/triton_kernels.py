@@ -32,6 +32,14 @@ import triton.language as tl
 __all__ = ["dwconv_fwd", "dwconv_wgrad", "fwd_config", "wgrad_config"]
 
 
+# Only language builtins inside the kernels (tl.full / tl.reduce, not tl.zeros / tl.sum, which are themselves
+# @jit functions): then the kernels also run under TRITON_INTERPRET=1 when triton.language was imported
+# before that variable was set (e.g. by torch._dynamo), as happens in a test session.
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
 @triton.jit
 def _dw_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -59,7 +67,7 @@ def _dw_fwd_kernel(
     wj = K - 1 - d if FLIP else d
     x_base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
     w_base = w_ptr + c * K * K
-    acc = tl.zeros((BM, BW), dtype=ACC)
+    acc = tl.full((BM, BW), 0, ACC)
     for i in range(K):
         hh = h + i - P
         r_ok = m_ok & (hh >= 0) & (hh < H)
@@ -109,7 +117,7 @@ def _dw_wgrad_kernel(
     base_c_g = g_ptr + c.to(tl.int64) * sgc
     part_base = part_ptr + ((s * n_wt + pid_w) * C + c).to(tl.int64) * (K * K)
     for i in range(K):
-        dacc = tl.zeros((BW, DK), dtype=ACC)
+        dacc = tl.full((BW, DK), 0, ACC)
         for m0 in range(row_lo, row_hi, BM):
             m = m0 + tl.arange(0, BM)
             m_ok = m < row_hi
@@ -127,7 +135,7 @@ def _dw_wgrad_kernel(
             dacc = tl.dot(tl.trans(g), xt, dacc, input_precision=PRECISION, out_dtype=ACC)
         picked = tl.gather(dacc, diag, 1)
         picked = tl.where(diag_ok, picked, 0.0)
-        gw = tl.sum(picked, axis=0)
+        gw = tl.reduce(picked, 0, _add)
         tl.store(part_base + i * K + j, gw, mask=j < K)
 
 
@@ -139,9 +147,10 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # fp32: three-pass TF32 keeps ~fp32 accuracy on tensor cores; the interpreter computes in IEEE anyway.
-    if dtype == torch.float32 and not _interpreting():
+def _precision(x: torch.Tensor) -> str:
+    # fp32: three-pass TF32 keeps ~fp32 accuracy on tensor cores (sm80+); IEEE FMA before Ampere and in the
+    # interpreter. UNIREPLKNET_DWCONV_FP32_PRECISION (tf32x3 | tf32 | ieee) overrides on sm80+.
+    if x.dtype == torch.float32 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 8:
         return os.environ.get("UNIREPLKNET_DWCONV_FP32_PRECISION", "tf32x3")
     return "ieee"
 
@@ -212,7 +221,7 @@ def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         N, C, H, W,
         *x.stride(), *y.stride(),
         K=K, P=K // 2, FLIP=flip, HAS_BIAS=bias is not None,
-        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x.dtype), ACC=_acc(x.dtype),
+        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x), ACC=_acc(x.dtype),
         UPCAST=_upcast(x.dtype),
         num_warps=cfg.get("num_warps", 4),
     )
@@ -236,7 +245,7 @@ def dwconv_wgrad(x: torch.Tensor, grad_out: torch.Tensor, K: int,
         N, C, H, W, cfg["rows_per_split"],
         *x.stride(), *grad_out.stride(),
         K=K, P=K // 2, KB=cfg["KB"],
-        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x.dtype), ACC=_acc(x.dtype),
+        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x), ACC=_acc(x.dtype),
         UPCAST=_upcast(x.dtype),
         num_warps=cfg.get("num_warps", 4),
     )
