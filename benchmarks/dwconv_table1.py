@@ -77,8 +77,9 @@ def timed(step: Callable[[], None], device: str) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def measure(steps: dict[str, Callable[[], None]], device: str, reps: int, warmup: int) -> dict[str, float]:
-    """Interleaved medians (ms): every rep runs each implementation once, in turn."""
+def measure(steps: dict[str, Callable[[], None]], device: str, reps: int, warmup: int,
+            stat: str = "median") -> dict[str, float]:
+    """Interleaved medians (or minima) in ms: every rep runs each implementation once, in turn."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -88,7 +89,8 @@ def measure(steps: dict[str, Callable[[], None]], device: str, reps: int, warmup
     for _ in range(reps):
         for k, step in steps.items():
             times[k].append(timed(step, device))
-    return {k: statistics.median(v) for k, v in times.items()}
+    agg = min if stat == "min" else statistics.median
+    return {k: agg(v) for k, v in times.items()}
 
 
 def roofline(N: int, C: int, R: int, K: int, layers: int, itemsize: int, mode: str) -> tuple[float, float]:
@@ -124,7 +126,8 @@ def run_gpu(args: argparse.Namespace) -> None:
             def ours(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return dwconv2d(a, w, backend="triton")
             t = measure({"torch": make_step(torch_conv, x, ws, args.mode),
-                         "ours": make_step(ours, x, ws, args.mode)}, "cuda", args.reps, args.warmup)
+                         "ours": make_step(ours, x, ws, args.mode)},
+                        "cuda", args.reps, args.warmup, args.stat)
             flops, nbytes = roofline(args.batch, args.channels, R, K, args.layers, x.element_size(),
                                      args.mode)
             tc, tm = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
@@ -140,7 +143,7 @@ def run_cpu(args: argparse.Namespace) -> None:
     cl = torch.channels_last
     print(f"# device: CPU ({args.cpu_name}), {torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"dtype {args.dtype}; mode {args.mode}; N={args.batch}, C={args.channels}, layers={args.layers}; "
-          f"median of {args.reps} interleaved reps")
+          f"{args.stat} of {args.reps} interleaved reps")
     head = ("| R | K | torch NCHW ms | torch CL ms | ours (NCHW in) ms | ours (CL in) ms | NCHW/ours | "
             "best torch/ours(NCHW in) | best torch/ours(CL in) |")
     if args.strategies:
@@ -165,7 +168,7 @@ def run_cpu(args: argparse.Namespace) -> None:
                                            args.mode)
                 steps["to_cl"] = make_step(lambda a, w: dwconv2d_cpu(a, w, strategy="channels_last"), x, ws,
                                            args.mode)
-            t = measure(steps, "cpu", args.reps, args.warmup)
+            t = measure(steps, "cpu", args.reps, args.warmup, args.stat)
             best = min(t["torch_nchw"], t["torch_cl"])
             row = (f"| {R} | {K} | {t['torch_nchw']:.1f} | {t['torch_cl']:.1f} | {t['ours_nchw']:.1f} | "
                    f"{t['ours_cl']:.1f} | {t['torch_nchw'] / t['ours_nchw']:.1f}x | "
@@ -189,6 +192,8 @@ def main() -> None:
     p.add_argument("--ks", type=int, nargs="+", default=KS)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="aggregate over reps (min: for a CPU shared with other jobs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--strategies", action="store_true", help="CPU: also time the split and to-CL strategies")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the GPU compute peak")
