@@ -185,12 +185,12 @@ def fwd_config(rows: int, W: int, K: int, dtype: torch.dtype) -> dict[str, int]:
 
 
 def wgrad_config(rows: int, W: int, K: int, C: int) -> dict[str, int]:
-    """Tiles and row splits for the weight-gradient kernel: enough programs (~1024) to fill a GPU."""
+    """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU."""
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
     BM = min(64, max(16, _next_pow2(rows)))
     n_wt = -(-W // BW)
-    want = max(1, 1024 // max(1, C * n_wt))
+    want = max(1, 2048 // max(1, C * n_wt))
     splits = max(1, min(want, -(-rows // (4 * BM))))
     rows_per_split = -(-rows // splits)
     rows_per_split = -(-rows_per_split // BM) * BM
