@@ -113,8 +113,8 @@ def run_gpu(args: argparse.Namespace) -> None:
     print(f"# device: {name}; torch {torch.__version__}; dtype {args.dtype}; mode {args.mode}; "
           f"N={args.batch}, C={args.channels}, layers={args.layers}; peaks {tflops} TFLOP/s, {gbps} GB/s")
     print("| R | K | cuDNN ms | ours ms | cuDNN/ours | GFLOP | min MB | compute-bound ms | memory-bound ms "
-          "| ours / bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| ours / bound | max rel err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for R in args.res:
         faster_from = None
         for K in args.ks:
@@ -125,6 +125,9 @@ def run_gpu(args: argparse.Namespace) -> None:
 
             def ours(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 return dwconv2d(a, w, backend="triton")
+            with torch.no_grad():  # one layer against cuDNN in float32, relative to the output scale
+                want = torch_conv(x.float(), ws[0].float())
+                err = ((ours(x, ws[0]).float() - want).abs().max() / want.abs().max()).item()
             t = measure({"torch": make_step(torch_conv, x, ws, args.mode),
                          "ours": make_step(ours, x, ws, args.mode)},
                         "cuda", args.reps, args.warmup, args.stat)
@@ -134,7 +137,8 @@ def run_gpu(args: argparse.Namespace) -> None:
             ratio = t["torch"] / t["ours"]
             faster_from = (faster_from or K) if ratio > 1.0 else None
             print(f"| {R} | {K} | {t['torch']:.2f} | {t['ours']:.2f} | {ratio:.2f}x | {flops / 1e9:.1f} | "
-                  f"{nbytes / 1e6:.0f} | {tc:.2f} | {tm:.2f} | {t['ours'] / max(tc, tm):.2f} |", flush=True)
+                  f"{nbytes / 1e6:.0f} | {tc:.2f} | {tm:.2f} | {t['ours'] / max(tc, tm):.2f} | {err:.1e} |",
+                  flush=True)
         print(f"# R={R}: ours faster than cuDNN for every K >= {faster_from} (use for GPU_MIN_K)")
 
 
