@@ -161,3 +161,25 @@ def test_checkpoint_of_another_model_is_a_user_error(tmp_path: Path, capsys: pyt
     _user_error(capsys, ["train", "--output", str(src), "--resume", *TINY, "--set", f"arch={other}"],
                 "does not fit")
     _user_error(capsys, ["train", "--output", str(src), *TINY], "--resume")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_recipe_features_together(tmp_path: Path, amp: str) -> None:
+    """AMP, EMA, gradient accumulation, mixup/cutmix, layer-wise lr decay, channels-last, checkpointing."""
+    out = tmp_path / "run"
+    # 32 px, not 16: PyTorch's CPU bf16 conv weight-gradient gives NaN for a stride-2 conv on a 1x1 input
+    assert train(out, "--img-size", "32", "--amp", amp, "--model-ema", "--model-ema-decay", "0.5",
+                 "--accum-steps", "2",
+                 "--mixup", "0.8", "--cutmix", "1.0", "--layer-decay", "0.8", "--channels-last",
+                 "--grad-checkpointing", "--clip-grad", "1.0", "--epochs", "1", "--limit-train-batches", "4",
+                 "--limit-val-batches", "2", "--no-export") == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2  # 4 batches / 2 accumulation steps
+    assert ckpt["ema"] is not None and set(ckpt["ema"]) == set(ckpt["model"])
+    assert any(not torch.equal(ckpt["ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+    assert (ckpt["scaler"] is not None) == (amp == "fp16")
+    lrs = {g["lr"] for g in ckpt["optimizer"]["param_groups"]}
+    assert len(lrs) > 3  # layer-wise lr decay: one lr per depth group
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert "val_acc1_ema" in row and row["train_loss"] > 0
+    assert json.loads((out / "summary.json").read_text())["deploy_same_labels"] in (True, False)

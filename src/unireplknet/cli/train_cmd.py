@@ -54,9 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "-m unireplknet train ...` for DDP.")
     g = p.add_argument_group("run")
     g.add_argument("--config", metavar="NAME|FILE",
-                   help="recipe: a name from unireplknet/configs (digits, unireplknet_t_in1k, ...) or a JSON file "
+                   help="recipe: a name from unireplknet/configs (digits, unireplknet_t_in1k, ...) or a JSON "
+                        "file "
                         "(default: digits)")
-    g.add_argument("--data", metavar="DIR", help="ImageFolder root with train/ and val/ class folders, or 'digits'")
+    g.add_argument("--data", metavar="DIR",
+                   help="ImageFolder root with train/ and val/ class folders, or 'digits'")
     g.add_argument("--model", metavar="NAME", help="model name, e.g. unireplknet_a ... unireplknet_h")
     g.add_argument("--epochs", type=_positive_int, metavar="N")
     g.add_argument("--batch-size", type=_positive_int, metavar="N", help="per process")
@@ -93,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--channels-last", action="store_true", default=None)
     f.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     s = p.add_argument_group("short runs")
-    s.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop after N optimizer steps in total")
+    s.add_argument("--max-steps", type=_positive_int, metavar="N",
+                   help="stop after N optimizer steps in total")
     s.add_argument("--limit-train-batches", type=_positive_int, metavar="N")
     s.add_argument("--limit-val-batches", type=_positive_int, metavar="N")
     s.add_argument("--save-interval-steps", type=_nonneg_int, metavar="N",

@@ -111,7 +111,8 @@ class DigitsDataset(Dataset):
     class_names = [str(i) for i in range(10)]
     VAL_FRACTION = 0.2
 
-    def __init__(self, split: str, transform: Callable | None = None, size: int = 32, in_chans: int = 3) -> None:
+    def __init__(self, split: str, transform: Callable | None = None, size: int = 32,
+                 in_chans: int = 3) -> None:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
 

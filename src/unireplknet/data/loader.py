@@ -49,7 +49,8 @@ def build_datasets(cfg: Any) -> tuple[Dataset, Dataset, list[str]]:
                         f"folders) or one of the embedded datasets: {', '.join(EMBEDDED)}")
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise UserError(f"'{root}' has no '{split}/' folder; lay the data out as {root}/train/<class>/*.jpg "
+            raise UserError(f"'{root}' has no '{split}/' folder; lay the data out as "
+                            f"{root}/train/<class>/*.jpg "
                             f"and {root}/val/<class>/*.jpg")
     train = ImageFolderDataset(root / "train", train_tf, in_chans=cfg.in_chans)
     val = ImageFolderDataset(root / "val", val_tf, class_names=train.class_names, in_chans=cfg.in_chans)

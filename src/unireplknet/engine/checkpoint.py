@@ -119,5 +119,5 @@ def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except UserError:
         raise
     except Exception as err:  # torch.load can fail in many ways on a file that is not a checkpoint
-        raise UserError(f"cannot read '{path}' as a checkpoint ({type(err).__name__}: {err}); is it truncated, "
-                        "or not a checkpoint?") from None
+        raise UserError(f"cannot read '{path}' as a checkpoint ({type(err).__name__}: {err}); "
+                        "is it truncated, or not a checkpoint?") from None

@@ -147,14 +147,15 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
 
 
 def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the recipe ``name_or_path`` (default: the embedded ``digits`` recipe), then overrides."""
+    """Defaults, then the recipe ``name_or_path`` (default: the embedded ``digits``), then overrides."""
     return make_config(read_config_file(name_or_path or DEFAULT_CONFIG), overrides)
 
 
 def validate(cfg: TrainConfig) -> None:
     """Reject impossible values with a one-line ``UserError``."""
     if not cfg.data:
-        raise UserError("this recipe needs a dataset: pass --data DIR (an ImageFolder root with train/ and val/)")
+        raise UserError("this recipe needs a dataset: pass --data DIR (an ImageFolder root with train/ "
+                        "and val/)")
     checks = [
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.batch_size >= 1, "batch size must be at least 1"),
@@ -169,7 +170,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1"),
         (cfg.limit_train_batches is None or cfg.limit_train_batches >= 1, "limit_train_batches must be >= 1"),
         (cfg.limit_val_batches is None or cfg.limit_val_batches >= 1, "limit_val_batches must be >= 1"),
-        (cfg.model is not None or cfg.arch is not None, "set either model (a name) or arch (constructor kwargs)"),
+        (cfg.model is not None or cfg.arch is not None,
+         "set either model (a name) or arch (constructor kwargs)"),
         (len(cfg.mean) == cfg.in_chans and len(cfg.std) == cfg.in_chans, "mean and std need in_chans values"),
     ]
     for ok, message in checks:

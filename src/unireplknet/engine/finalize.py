@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from unireplknet.engine.checkpoint import atomic_save, atomic_write_text, load_run_checkpoint, unwrap_model
 from unireplknet.engine.loops import evaluate
 from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
+from unireplknet.tasks.classification import model_label
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
     summary: dict[str, Any] = {
         "status": "completed",
         "task": "classification",
-        "model": cfg.model or "UniRepLKNet(arch)",
+        "model": model_label(cfg),
         "data": cfg.data,
         "val_acc1": final["val_acc1"],
         "val_acc5": final["val_acc5"],
@@ -89,7 +90,8 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
         sample = next(iter(loader))[0][:8].cpu()
         summary["onnx_max_abs_diff"] = float(verify_onnx(deploy, onnx_path, sample))
         paths["onnx"] = str(onnx_path)
-        log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", onnx_path, summary["onnx_max_abs_diff"])
+        log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", onnx_path,
+                 summary["onnx_max_abs_diff"])
 
     summary["wall_time_s"] = round(time.time() - t_start, 1)
     cm = confusion_matrix(final["preds"], final["targets"], len(class_names))

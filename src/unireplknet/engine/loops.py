@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from unireplknet.data.datasets import drop_corrupt
+from unireplknet.engine.checkpoint import unwrap_model
 from unireplknet.engine.distributed import all_gather_object, all_reduce_sum
 from unireplknet.tasks.classification import topk_correct
 
@@ -106,8 +107,9 @@ def train_one_epoch(
             sync = micro == accum - 1 or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync(), autocast(device, cfg.amp):
                 loss = loss_fn(model(images), targets)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state.step}; lower the lr or use bf16")
+            if scaler is None and not math.isfinite(loss.item()):  # (fp16: the grad scaler skips such steps)
+                raise FloatingPointError(f"loss is {loss.item()} at step {state.step}; lower the lr "
+                                         "or use bf16")
             if scaler is not None:
                 scaler.scale(loss / accum).backward()
             else:
@@ -128,7 +130,7 @@ def train_one_epoch(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
         if ema is not None:
-            ema.update(model, step=state.step)
+            ema.update(unwrap_model(model))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         compute_time += time.perf_counter() - t2

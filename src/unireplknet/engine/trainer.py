@@ -9,6 +9,7 @@ Run folder (written by rank 0)::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -34,7 +35,7 @@ from unireplknet.engine.checkpoint import (
 from unireplknet.engine.config import TrainConfig, make_config
 from unireplknet.engine.loops import TrainState, evaluate, train_one_epoch
 from unireplknet.errors import UserError
-from unireplknet.tasks.classification import build_losses, build_meta, build_model
+from unireplknet.tasks.classification import build_losses, build_meta, build_model, model_label
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def config_for_resume(path: Path, overrides: dict[str, Any]) -> TrainConfig:
     """The config stored in a run checkpoint, with the flags given now on top."""
     ckpt = load_run_checkpoint(path)
     if "config" not in ckpt or "meta" not in ckpt:
-        raise UserError(f"'{path}' is not a training checkpoint of this tool (no config/meta); use --finetune "
-                        "to start from model weights")
+        raise UserError(f"'{path}' is not a training checkpoint of this tool (no config/meta); use "
+                        "--finetune to start from model weights")
     return make_config(ckpt["config"], overrides)
 
 
@@ -75,10 +76,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -128,6 +127,8 @@ def _train(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, progress: bo
     D.barrier()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed
+            stale.unlink(missing_ok=True)
     D.barrier()
     handler = _setup_logging(run_dir, dist.is_main)
     try:
@@ -145,6 +146,10 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
 
     from unireplknet.data.loader import build_datasets, build_loader, build_mixup
 
+    if cfg.amp == "bf16" and device.type == "cpu" and cfg.img_size < 32:
+        log.warning("bf16 on CPU with images under 32 px: PyTorch's bf16 conv weight gradient can be NaN "
+                    "for the last (stride-2, 1x1-input) downsampling conv; use --img-size 32 or more, "
+                    "or --amp none")
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + dist.rank)
@@ -160,7 +165,8 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     num_classes = len(class_names)
     if cfg.batch_size * cfg.accum_steps > len(train_set) // dist.world_size:
         raise UserError(f"batch size {cfg.batch_size} x accum {cfg.accum_steps} is larger than the "
-                        f"{len(train_set) // dist.world_size} training images per process; lower --batch-size")
+                        f"{len(train_set) // dist.world_size} training images per process; "
+                        "lower --batch-size")
     train_loader, train_sampler = build_loader(train_set, cfg, rank=dist.rank, world_size=dist.world_size,
                                                train=True, device=device)
     val_loader, _ = build_loader(val_set, cfg, rank=dist.rank, world_size=dist.world_size, train=False,
@@ -222,13 +228,14 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
         _trim_metrics(run_dir / "metrics.jsonl", state.epoch)
         n_params = sum(p.numel() for p in model.parameters())
         log.info("model %s: %.2fM params, %d classes, %d train / %d val images, global batch %d, %s",
-                 cfg.model or "UniRepLKNet(arch)", n_params / 1e6, num_classes, len(train_set), len(val_set),
+                 model_label(cfg), n_params / 1e6, num_classes, len(train_set), len(val_set),
                  global_batch, f"{dist.world_size} processes" if dist.distributed else device)
 
     def save(name: str = "last.pt") -> None:
         if not dist.is_main:
             return
-        atomic_save(_checkpoint(model, meta, optimizer, scheduler, ema, scaler, state, cfg, rng), run_dir / name)
+        ckpt = _checkpoint(model, meta, optimizer, scheduler, ema, scaler, state, cfg, rng)
+        atomic_save(ckpt, run_dir / name)
 
     rng: list[Any] = []
     stopped = False
@@ -294,7 +301,8 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
             if dist.is_main:
                 summary = {"status": "interrupted", "epoch": state.epoch, "step": state.step,
                            "resume": f"unireplknet train --output {run_dir} --resume",
-                           "paths": {"last": str(run_dir / "last.pt"), "config": str(run_dir / "config.json")}}
+                           "paths": {"last": str(run_dir / "last.pt"),
+                                     "config": str(run_dir / "config.json")}}
                 atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
                 log.warning("stopped at epoch %d step %d; resumable checkpoint saved to %s",
                             state.epoch, state.step, run_dir / "last.pt")
@@ -306,8 +314,9 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
         return {}
     from unireplknet.engine.finalize import finalize
 
-    return finalize(cfg=cfg, model=model, meta=meta, val_set=val_set, class_names=class_names, run_dir=run_dir,
-                    state=state, device=device, t_start=t_start, progress=progress, world_size=dist.world_size)
+    return finalize(cfg=cfg, model=model, meta=meta, val_set=val_set, class_names=class_names,
+                    run_dir=run_dir, state=state, device=device, t_start=t_start, progress=progress,
+                    world_size=dist.world_size)
 
 
 def _checkpoint(model: nn.Module, meta: dict[str, Any], optimizer: Any, scheduler: Any, ema: Any, scaler: Any,
@@ -373,10 +382,11 @@ def _trim_metrics(path: Path, epochs_done: int) -> None:
 def _log_epoch(row: dict[str, Any], cfg: TrainConfig) -> None:
     total = row["data_time"] + row["compute_time"]
     share = row["data_time"] / total if total > 0 else 0.0
-    log.info("epoch %d/%d: train_loss %.4f  val_acc1 %.2f%%  val_loss %.4f  lr %.2e  data %.1fs / compute %.1fs "
-             "(%.0f img/s)", row["epoch"], cfg.epochs, row["train_loss"], row["val_acc1"], row["val_loss"],
-             row["lr"], row["data_time"], row["compute_time"], row["train_images_per_s"])
+    log.info("epoch %d/%d: train_loss %.4f  val_acc1 %.2f%%  val_loss %.4f  lr %.2e  "
+             "data %.1fs / compute %.1fs (%.0f img/s)", row["epoch"], cfg.epochs, row["train_loss"],
+             row["val_acc1"], row["val_loss"], row["lr"], row["data_time"], row["compute_time"],
+             row["train_images_per_s"])
     if share > 0.25 and total > 1.0:
-        log.warning("the data loader took %.0f%% of the epoch: the model is waiting for data; raise --workers "
-                    "(now %d) or make the transforms cheaper", 100 * share, cfg.workers)
+        log.warning("the data loader took %.0f%% of the epoch: the model is waiting for data; "
+                    "raise --workers (now %d) or make the transforms cheaper", 100 * share, cfg.workers)
 

@@ -22,6 +22,16 @@ def model_kwargs(cfg: Any, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
+def model_label(cfg: Any) -> str:
+    """A short human-readable name: the registered name, or the custom architecture's depths and dims."""
+    if cfg.model:
+        return cfg.model
+    arch = cfg.arch or {}
+    depths = "-".join(str(d) for d in arch.get("depths", ()))
+    dims = "-".join(str(d) for d in arch.get("dims", ()))
+    return f"UniRepLKNet(depths {depths}, dims {dims})"
+
+
 def build_model(cfg: Any, num_classes: int) -> nn.Module:
     """The training-form model for ``cfg``: a registered variant or ``UniRepLKNet(**cfg.arch)``,
     optionally from official pretrained weights or a ``cfg.finetune`` checkpoint (new head if the

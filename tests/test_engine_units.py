@@ -1,0 +1,97 @@
+"""Engine pieces: config layering, atomic checkpoints, RNG state, metrics, report, evaluation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unireplknet.engine.checkpoint import atomic_save, get_rng_state, set_rng_state
+from unireplknet.engine.config import available_configs, load_config, make_config
+from unireplknet.engine.loops import evaluate
+from unireplknet.engine.report import confusion_matrix, write_report
+from unireplknet.errors import UserError
+from unireplknet.tasks.classification import topk_correct
+
+
+def test_config_layers_defaults_recipe_and_flags(tmp_path: Path) -> None:
+    cfg = load_config()
+    assert cfg.data == "digits" and cfg.model is None and cfg.arch["dims"] == [16, 32, 64, 128]
+    cfg = load_config("digits", {"epochs": 3, "lr": None})
+    assert cfg.epochs == 3 and cfg.lr == pytest.approx(0.002)  # None overrides are ignored
+    s = load_config("unireplknet_s_in1k", {"data": "/x"})  # Table 16, UniRepLKNet-S
+    assert (s.mixup, s.cutmix, s.drop_path, s.reprob, s.smoothing) == (0.8, 1.0, 0.4, 0.25, 0.1)
+    assert (s.lr_base, s.lr_base_size, s.weight_decay, s.warmup_epochs, s.epochs) == (
+        4e-3, 4096, 0.05, 5, 300)
+    ft = load_config("unireplknet_l_in22k_ft384", {"data": "/x"})  # Table 17, UniRepLKNet-L IN-1K ft
+    assert (ft.img_size, ft.lr_base, ft.lr_base_size, ft.weight_decay, ft.smoothing) == (
+        384, 5e-5, 512, 1e-8, 0.3)
+    assert ft.layer_decay is not None and ft.mixup == 0.0 and ft.epochs == 20
+    assert {"digits", "unireplknet_a_in1k", "unireplknet_xl_in22k", "unireplknet_b_in22k_ft384"} <= set(
+        available_configs())
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"epochs": 7, "batch_size": 8}))
+    assert load_config(str(path)).epochs == 7
+    with pytest.raises(UserError, match="unknown config key"):
+        make_config({"epoch": 1})
+    with pytest.raises(UserError, match="amp"):
+        make_config({}, {"amp": "fp8"})
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_config(str(path))
+
+
+def test_atomic_save_never_leaves_a_torn_file(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt.pt"
+    atomic_save({"model": {"w": torch.ones(3)}, "step": 1}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"model": {"w": torch.zeros(3)}, "bad": Boom()}, target)
+    state = torch.load(target, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    atomic_save({"rng": get_rng_state()}, tmp_path / "r.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_topk_and_evaluate() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 1, 0]), ks=(1, 2)) == [1, 2]
+    model = nn.Linear(4, 3)
+    x = torch.randn(10, 4)
+    y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 3
+    loader = [(x[:6], y[:6]), (x[6:], torch.cat([y[6:9], torch.tensor([-1])]))]  # one unreadable sample
+    out = evaluate(model, loader, device=torch.device("cpu"), gather=True)
+    assert out["val_samples"] == 9 and out["val_corrupt"] == 1
+    assert out["val_acc1"] == pytest.approx(100 * 8 / 9)
+    assert len(out["preds"]) == len(out["targets"]) == 9
+
+
+def test_confusion_matrix_and_report(tmp_path: Path) -> None:
+    cm = confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc1": 50.0 + e, "lr": 1e-3}
+            for e in (1, 2, 3)]
+    paths = write_report(tmp_path, rows, cm, ["a", "b", "c"], {"val_acc1": 66.7, "model": "m"})
+    for key in ("loss", "accuracy", "confusion_matrix", "report"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 100
+    assert paths["loss"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "66.7" in paths["report"].read_text()
