@@ -61,12 +61,13 @@ def test_forward_matches_float64(backend: str, layout: str, K: int) -> None:
     torch.testing.assert_close(y.double(), _ref(x, w, b), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("strategy", ["split", "channels_last", "direct"])
-@pytest.mark.parametrize("K", [15, 17, 31])
-def test_cpu_strategies_forward_and_grads(strategy: str, K: int) -> None:
+@pytest.mark.parametrize("K", [13, 15, 17, 31])
+def test_cpu_strategies_forward_and_grads(strategy: str, K: int, layout: str) -> None:
     gen = torch.Generator().manual_seed(K)
     N, C, H, W = 2, 3, 11, 23
-    x = torch.randn(N, C, H, W, generator=gen, requires_grad=True)
+    x = _layout(torch.randn(N, C, H, W, generator=gen), layout).requires_grad_()
     w = torch.randn(C, 1, K, K, generator=gen, requires_grad=True)
     b = torch.randn(C, generator=gen, requires_grad=True)
     g = torch.randn(N, C, H, W, generator=gen)
