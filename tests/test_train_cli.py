@@ -95,6 +95,17 @@ def test_finetune_with_a_new_head(tmp_path: Path) -> None:
     assert not torch.equal(state["model"]["head.weight"][:3], source["head.weight"][:3])
     assert json.loads((out / "summary.json").read_text())["val_samples"] == 6
 
+    # an official-style checkpoint: a raw training-form state dict, no meta
+    raw = tmp_path / "official.pth"
+    torch.save(source, raw)
+    out2 = tmp_path / "ft2"
+    assert train(out2, "--data", str(data), "--finetune", str(raw), "--max-steps", "1", "--batch-size", "4",
+                 "--lr", "1e-12", "--warmup-epochs", "0", "--no-export") == 0
+    tuned = torch.load(out2 / "last.pt", weights_only=True)["model"]
+    stem = "downsample_layers.0.0.weight"
+    torch.testing.assert_close(tuned[stem], source[stem], atol=1e-6, rtol=0)  # the weights were loaded
+    assert tuned["head.weight"].shape == (3, 64)
+
 
 def test_corrupt_images_are_counted_and_skipped(tmp_path: Path) -> None:
     data = tmp_path / "data"
