@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/unireplknet info --reparam-check
+	$(VENV)/bin/unireplknet train --output runs/demo --overwrite
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks

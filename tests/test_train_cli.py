@@ -172,6 +172,9 @@ def test_checkpoint_of_another_model_is_a_user_error(tmp_path: Path, capsys: pyt
     _user_error(capsys, ["train", "--output", str(src), "--resume", *TINY, "--set", f"arch={other}"],
                 "does not fit")
     _user_error(capsys, ["train", "--output", str(src), *TINY], "--resume")
+    assert train(src, "--overwrite", "--max-steps", "2", "--limit-val-batches", "1", "--no-export") == 0
+    assert torch.load(src / "last.pt", weights_only=True)["step"] == 2
+    assert len((src / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

@@ -65,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--output", metavar="DIR", help="run folder (default: runs/train-<time>)")
     g.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                    help="continue a run: from <output>/last.pt, or from the checkpoint/run folder given")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     g.add_argument("--seed", type=int)
     g.add_argument("--workers", type=_nonneg_int, metavar="N", help="data loader processes per rank")
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides)
     if "arch" in overrides and overrides.get("arch") is None and cfg.model is None:
         cfg = make_config(cfg.to_dict(), {})
-    summary = train(cfg, resume=resume, progress=not args.no_progress)
+    summary = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if summary:
         _print_summary(summary)
     return 0

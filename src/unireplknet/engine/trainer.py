@@ -102,7 +102,13 @@ def _setup_logging(run_dir: Path, is_main: bool) -> logging.Handler | None:
     return handler
 
 
-def train(cfg: TrainConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
+RUN_FILES = ("config.json", "metrics.jsonl", "train.log", "last.pt", "best.pt", "deploy.pt", "model.onnx",
+             "summary.json", "report/loss.png", "report/accuracy.png", "report/confusion_matrix.png",
+             "report/report.md")
+
+
+def train(cfg: TrainConfig, resume: Path | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run training as configured (resuming from ``resume`` if given); returns the summary dict.
 
     Under torchrun every rank calls this; rank 0 writes the run folder and returns the full summary.
@@ -110,23 +116,27 @@ def train(cfg: TrainConfig, resume: Path | None = None, progress: bool = True) -
     """
     dist = D.init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, dist, progress)
+        return _train(cfg, resume, dist, progress, overwrite)
     finally:
         D.cleanup_distributed()
 
 
-def _train(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, progress: bool) -> dict[str, Any]:
+def _train(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, progress: bool,
+           overwrite: bool = False) -> dict[str, Any]:
     t_start = time.time()
     device = dist.device
     if cfg.output is None:
         cfg.output = D.broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S"))
     run_dir = Path(cfg.output)
-    if resume is None and (run_dir / "last.pt").exists():  # checked on every rank: all stop together
-        raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it or choose "
-                        "another --output")
+    if resume is None and not overwrite and (run_dir / "last.pt").exists():  # every rank stops together
+        raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it, --overwrite "
+                        "to replace it, or choose another --output")
     D.barrier()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None and overwrite:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
         for stale in run_dir.glob(".*.tmp"):  # left by a write that was killed
             stale.unlink(missing_ok=True)
     D.barrier()
