@@ -129,8 +129,8 @@ def _train(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, progress: bo
         cfg.output = D.broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S"))
     run_dir = Path(cfg.output)
     if resume is None and not overwrite and (run_dir / "last.pt").exists():  # every rank stops together
-        raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it, --overwrite "
-                        "to replace it, or choose another --output")
+        raise UserError(f"'{run_dir}' already holds a run (last.pt); add --resume to continue it, "
+                        "--overwrite to replace it, or choose another --output")
     D.barrier()
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
