@@ -9,8 +9,11 @@ exportable).
 The crossover table ("auto"; numbers from benchmarks/dwconv_table1.py, see docs/benchmarks.md):
 
 * CPU, any dtype: ``"cpu"``. It is F.conv2d itself wherever oneDNN is already fast (channels-last input,
-  or NCHW with K ≤ 13) and avoids oneDNN's NCHW wide-kernel cliff for K > 13 (≥ 5× faster there); which
-  NCHW strategy it uses for K > 13 is ``CPU_NCHW_STRATEGY`` (measured: see docs/benchmarks.md).
+  or NCHW with K ≤ 13), steps around oneDNN's slow NHWC K=13 kernel, and avoids the NCHW wide-kernel cliff
+  for K > 13 (measured 7–40× faster than F.conv2d on NCHW there, 8×384×R×R, R = 16, 32). The NCHW strategy
+  for K > 13 is ``CPU_NCHW_STRATEGY``: "channels_last" (a layout round trip) measured faster than "split"
+  (column blocks ≤ 13 wide) at every K from 15 to 31; a round trip for NCHW K ≤ 13 costs more than it
+  saves (measured: direct 11.6–25.6 ms vs round trip 17–41 ms at K = 3–13, R = 32).
 * CUDA: ``"triton"`` when triton is importable, the input is NCHW-contiguous, and K ≥ ``GPU_MIN_K[dtype]``;
   otherwise ``"torch"`` (cuDNN). GPU_MIN_K is PROVISIONAL — not measured yet (no GPU in the sessions so
   far); replace it with the crossover printed by ``benchmarks/dwconv_table1.py --device cuda``.
