@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from typing import Any
 
 from unireplknet.errors import UserError
@@ -139,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
     if resume is not None:
         if "arch" in overrides and overrides["arch"] is None:
             overrides.pop("arch")  # keep the checkpoint's architecture; a model mismatch is reported on load
+        if args.config:
+            logging.getLogger(__name__).warning("--config is ignored with --resume: the run's stored config "
+                                                "is used (flags given now still override it)")
         cfg = config_for_resume(resume, overrides)
         if args.output is None:
             cfg.output = str(resume.parent)

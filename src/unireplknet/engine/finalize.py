@@ -15,18 +15,45 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from unireplknet.data.datasets import drop_corrupt
 from unireplknet.engine.checkpoint import atomic_save, atomic_write_text, load_run_checkpoint, unwrap_model
-from unireplknet.engine.loops import evaluate
 from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
-from unireplknet.tasks.classification import model_label
+from unireplknet.tasks.classification import model_label, topk_correct
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, loader: DataLoader, device: torch.device) -> torch.Tensor:
+def evaluate_both(model: nn.Module, deploy: nn.Module, loader: Any, device: torch.device,
+                  progress: bool = False) -> dict[str, Any]:
+    """One pass over ``loader``: the training form's metrics and predictions, and how far the deploy form's
+    logits and labels are from them."""
+    from tqdm import tqdm
+
     model.eval()
-    return torch.cat([model(x.to(device)).float().cpu() for x, _ in loader])
+    deploy.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum, n, c1, c5, agree, max_diff = 0.0, 0, 0, 0, 0, 0.0
+    preds: list[int] = []
+    trues: list[int] = []
+    for images, targets in tqdm(loader, desc="final eval", disable=not progress, leave=False,
+                                dynamic_ncols=True):
+        images, targets, _ = drop_corrupt(images, targets)
+        if len(images) == 0:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        logits, logits_d = model(images).float(), deploy(images).float()
+        loss_sum += float(loss_fn(logits, targets))
+        k1, k5 = topk_correct(logits, targets)
+        c1, c5, n = c1 + k1, c5 + k5, n + len(targets)
+        agree += int((logits.argmax(1) == logits_d.argmax(1)).sum())
+        max_diff = max(max_diff, float((logits - logits_d).abs().max()))
+        preds += logits.argmax(1).tolist()
+        trues += targets.tolist()
+    n_ = max(n, 1)
+    return {"val_loss": loss_sum / n_, "val_acc1": 100.0 * c1 / n_, "val_acc5": 100.0 * c5 / n_,
+            "val_samples": n, "preds": preds, "targets": trues, "deploy_label_agreement": agree / n_,
+            "deploy_max_abs_diff": max_diff}
 
 
 def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, class_names: list[str],
@@ -42,18 +69,14 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
         model.load_state_dict(load_run_checkpoint(best_path)["model"])
         paths["best"] = str(best_path)
     model.eval()
-    loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     if cfg.limit_val_batches:
         loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]
-    final = evaluate(model, loader, device=device, gather=True, progress=progress, desc="final eval",
-                     reduce=False)
 
     # re-parameterize: training form -> deploy form, which must predict the same labels
     deploy = copy.deepcopy(model).reparameterize().eval()
-    train_logits = _predict(model, loader, device)
-    deploy_logits = _predict(deploy, loader, device)
-    same = (train_logits.argmax(1) == deploy_logits.argmax(1)).float().mean().item()
-    deploy_diff = (train_logits - deploy_logits).abs().max().item()
+    final = evaluate_both(model, deploy, loader, device, progress)
+    same, deploy_diff = final["deploy_label_agreement"], final["deploy_max_abs_diff"]
     if same < 1.0:
         log.warning("deploy form disagrees with the training form on %.2f%% of the labels (max |diff| %.2e)",
                     100 * (1 - same), deploy_diff)
