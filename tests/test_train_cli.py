@@ -197,3 +197,23 @@ def test_recipe_features_together(tmp_path: Path, amp: str) -> None:
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert "val_acc1_ema" in row and row["train_loss"] > 0
     assert json.loads((out / "summary.json").read_text())["deploy_same_labels"] in (True, False)
+
+
+def test_registered_variant_and_resume_on_other_classes(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "a"
+    assert main(["train", "--output", str(out), "--model", "unireplknet_a", "--img-size", "32",
+                 "--batch-size", "8", "--max-steps", "1", "--limit-val-batches", "1", "--no-export",
+                 "--no-progress"]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["meta"]["model"] == "unireplknet_a" and ckpt["config"]["arch"] is None
+    model, meta = build_model_from_checkpoint(out / "best.pt")
+    assert meta["model_kwargs"]["num_classes"] == 10 and model.dims == (40, 80, 160, 320)
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for c in range(3):
+            (data / split / f"c{c}").mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (c * 90, i, 0)).save(data / split / f"c{c}" / f"{i}.png")
+    capsys.readouterr()
+    _user_error(capsys, ["train", "--output", str(out), "--resume", "--data", str(data)], "classes")

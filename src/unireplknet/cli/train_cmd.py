@@ -126,20 +126,16 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value
-    if "model" in out and "arch" not in out:
-        out["arch"] = None  # a named model replaces the recipe's custom architecture
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    from unireplknet.engine.config import load_config, make_config
+    from unireplknet.engine.config import load_config, validate
     from unireplknet.engine.trainer import config_for_resume, resolve_resume, train
 
     overrides = overrides_from_args(args)
     resume = resolve_resume(args.output, args.resume)
     if resume is not None:
-        if "arch" in overrides and overrides["arch"] is None:
-            overrides.pop("arch")  # keep the checkpoint's architecture; a model mismatch is reported on load
         if args.config:
             logging.getLogger(__name__).warning("--config is ignored with --resume: the run's stored config "
                                                 "is used (flags given now still override it)")
@@ -148,8 +144,9 @@ def run(args: argparse.Namespace) -> int:
             cfg.output = str(resume.parent)
     else:
         cfg = load_config(args.config, overrides)
-    if "arch" in overrides and overrides.get("arch") is None and cfg.model is None:
-        cfg = make_config(cfg.to_dict(), {})
+    if args.model is not None and "arch" not in overrides:
+        cfg.arch = None  # a named model replaces the recipe's custom architecture
+        validate(cfg)
     summary = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if summary:
         _print_summary(summary)
