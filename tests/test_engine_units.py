@@ -95,3 +95,15 @@ def test_confusion_matrix_and_report(tmp_path: Path) -> None:
         assert paths[key].is_file() and paths[key].stat().st_size > 100
     assert paths["loss"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "66.7" in paths["report"].read_text()
+
+
+def test_resume_trims_metric_rows_after_the_checkpoint_and_torn_rows(tmp_path: Path) -> None:
+    from unireplknet.engine.report import read_metrics
+    from unireplknet.engine.trainer import _trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "train_loss": 1}\n{"epoch": 2, "train_loss": 0.5}\n{"epoch": 3, "tra')
+    assert [r["epoch"] for r in read_metrics(path)] == [1, 2]
+    _trim_metrics(path, 1)
+    assert [r["epoch"] for r in read_metrics(path)] == [1]
+    assert path.read_text().endswith("\n")

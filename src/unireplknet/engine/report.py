@@ -14,7 +14,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank or torn line
+            continue
+    return rows
 
 
 def confusion_matrix(preds: list[int], targets: list[int], num_classes: int) -> np.ndarray:

@@ -298,12 +298,12 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
                 _log_epoch(row, cfg)
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-                save("last.pt")
-                if is_best:
+                if is_best:  # (before last.pt: a kill in between redoes this epoch, which rewrites best.pt)
                     best = _checkpoint(model, meta, optimizer, scheduler, ema, scaler, state, cfg, rng)
                     best["model"] = model_state_dict(source_model)
                     best["best_source"] = "ema" if source_model is not model else "model"
                     atomic_save(best, run_dir / "best.pt")
+                save("last.pt")
             D.barrier()
         if stopped:
             rng = D.all_gather_object(get_rng_state())
@@ -384,9 +384,17 @@ def _trim_metrics(path: Path, epochs_done: int) -> None:
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line)["epoch"] <= epochs_done]
+    kept = [line for line in rows if _epoch_of(line) <= epochs_done]
     if len(kept) != len(rows):
         atomic_write_text("".join(line + "\n" for line in kept), path)
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a metrics row; a torn row (killed mid-write) counts as never written."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _log_epoch(row: dict[str, Any], cfg: TrainConfig) -> None:
