@@ -60,15 +60,19 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
              run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool,
              world_size: int = 1) -> dict[str, Any]:
     """Write the deploy checkpoint, ONNX file, report and summary; returns the summary."""
-    model = unwrap_model(model)
+    from unireplknet.models.checkpoint import build_model_from_checkpoint
+
     best_path = run_dir / "best.pt"
     paths: dict[str, str] = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"),
                              "metrics": str(run_dir / "metrics.jsonl"), "last": str(run_dir / "last.pt"),
                              "log": str(run_dir / "train.log")}
     if best_path.is_file():
-        model.load_state_dict(load_run_checkpoint(best_path)["model"])
+        # a fresh model from the checkpoint (as users will load it): plain BatchNorm, no DDP/compile wrappers
+        model, _ = build_model_from_checkpoint(load_run_checkpoint(best_path))
         paths["best"] = str(best_path)
-    model.eval()
+    else:
+        model = unwrap_model(model)
+    model.to(device).eval()
     loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     if cfg.limit_val_batches:
         loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]

@@ -14,11 +14,13 @@ import copy
 import json
 import logging
 import os
+import random
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -163,10 +165,6 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + dist.rank)
-    import random
-
-    import numpy as np
-
     random.seed(cfg.seed + dist.rank)
     np.random.seed(cfg.seed + dist.rank)
 
