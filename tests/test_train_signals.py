@@ -43,7 +43,7 @@ def test_sigkill_mid_training_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _start(out, "--save-interval-steps", "3")
     _wait_for(out / "last.pt", proc)
-    time.sleep(0.3)  # land somewhere in the middle of later steps/checkpoint writes
+    time.sleep(0.1)  # land somewhere in the middle of later steps/checkpoint writes
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
