@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unireplknet.ops import ENV_VAR, DepthwiseConv2d, dispatch, dwconv2d
-from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu
+from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu, weight_grad_gemm
 
 KS = [3, 5, 7, 9, 13, 17, 31, 51]
 
@@ -90,12 +90,25 @@ def test_cpu_output_keeps_memory_format(layout: str) -> None:
     assert y.is_contiguous() == (layout == "contiguous")
 
 
-def test_cpu_gradcheck_float64_split_path() -> None:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(2, 1, 15, 15, dtype=torch.float64, generator=gen, requires_grad=True)
+@pytest.mark.parametrize("K,strategy", [(15, "split"), (15, "channels_last"), (5, "direct"), (3, "direct")])
+def test_cpu_gradcheck_float64(K: int, strategy: str) -> None:
+    gen = torch.Generator().manual_seed(K)
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(2, 1, K, K, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: dwconv2d_cpu(*a, strategy="split"), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: dwconv2d_cpu(*a, strategy=strategy), (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("K", [5, 9, 31])
+def test_weight_grad_gemm_matches_float64(K: int) -> None:
+    gen = torch.Generator().manual_seed(K)
+    H, W = (int(v) for v in torch.randint(1, 40, (2,), generator=gen))
+    N, C = 3, 4
+    x = torch.randn(N, C, H, W, generator=gen)
+    g = torch.randn(N, C, H, W, generator=gen)
+    wd = torch.zeros(C, 1, K, K, dtype=torch.float64, requires_grad=True)
+    F.conv2d(x.double(), wd, padding=K // 2, groups=C).backward(g.double())
+    torch.testing.assert_close(weight_grad_gemm(x, g, K).double(), wd.grad, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 2e-2)])
