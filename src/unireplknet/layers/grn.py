@@ -17,7 +17,10 @@ class GRN(nn.Module):
 
     def channel_scale(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W, C) -> the per-sample factor ``gamma * N(x) + 1`` (N, C) that multiplies x."""
-        g = x.square().sum(dim=(1, 2)).sqrt()  # L2 norm over H, W (much faster than vector_norm on 2 dims)
+        n_, h, w, c = x.shape
+        # L2 norm over H and W, on the (N, H·W, C) view: one reduction over a single strided dimension runs
+        # several times faster on CPU than the same reduction over two dimensions or a square-then-sum.
+        g = torch.linalg.vector_norm(x.reshape(n_, h * w, c), ord=2, dim=1)
         n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
         return self.gamma.view(1, -1) * n + 1
 
