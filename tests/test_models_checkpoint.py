@@ -52,9 +52,10 @@ def test_mismatches_are_named(tmp_path):
         unireplknet.load_checkpoint(train, other.state_dict())
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         unireplknet.load_checkpoint(train, tmp_path / "nope.pth")
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
-        unireplknet.load_checkpoint(train, tmp_path / "junk.pth")
+    for i, junk in enumerate([b"not a checkpoint", b"just text\n", b"PK\x03\x04truncated zip"]):
+        (tmp_path / f"junk{i}.pth").write_bytes(junk)
+        with pytest.raises(CheckpointError, match="cannot read .* as a PyTorch checkpoint"):
+            unireplknet.load_checkpoint(train, tmp_path / f"junk{i}.pth")
 
 
 def test_build_model_from_run_checkpoint(tmp_path):

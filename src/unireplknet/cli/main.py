@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from unireplknet.errors import UserError
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        sys.stderr.write(f"unireplknet {args.command}: error: {err}\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0, not one per process
+            sys.stderr.write(f"unireplknet {args.command}: error: {err}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"unireplknet {args.command}: interrupted\n")

@@ -39,9 +39,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({first}); "
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {detail}); "
                               "is it truncated, or not a checkpoint?") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a dict of them")
