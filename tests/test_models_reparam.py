@@ -77,7 +77,8 @@ def test_whole_variant_reparameterizes_exactly(name):
 def test_timm_reparameterize_model_works_too():
     timm_utils = pytest.importorskip("timm.utils", reason="timm extra")
     gen = torch.Generator().manual_seed(3)
-    model = unireplknet.UniRepLKNet(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (7,), (13, 3), (17,)))
+    model = unireplknet.UniRepLKNet(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32),
+                                    kernel_sizes=((3,), (7,), (13, 3), (17,)))
     model = randomize_reparam_terms(model.double(), gen).eval()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=gen)
     with torch.no_grad():

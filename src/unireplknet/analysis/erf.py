@@ -134,7 +134,7 @@ def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from unireplknet.engine.export import atomic_path
+    from unireplknet.engine.atomic import atomic_path
 
     n = len(erfs)
     if n == 0:

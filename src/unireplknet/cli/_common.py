@@ -93,7 +93,7 @@ def output_file(output: str | None, default: Path, suffix: str, default_name: st
 
 
 def write_json(obj: Any, path: Path) -> Path:
-    from unireplknet.engine.export import atomic_path
+    from unireplknet.engine.atomic import atomic_path
 
     try:
         with atomic_path(path) as tmp:
@@ -105,7 +105,7 @@ def write_json(obj: Any, path: Path) -> Path:
 
 def save_checkpoint(obj: Mapping[str, Any], path: Path) -> Path:
     """``torch.save`` to a temp file next to ``path``, then rename (atomic)."""
-    from unireplknet.engine.export import atomic_path
+    from unireplknet.engine.atomic import atomic_path
 
     try:
         with atomic_path(path) as tmp:

@@ -35,7 +35,8 @@ def _load_pretrained(model: nn.Module, state: dict, features_only: bool) -> None
     drop = set()
     if features_only:
         drop = {k for k in state if k.startswith(("norm.", "head."))}
-    elif "head.weight" in state and ("head.weight" not in own or state["head.weight"].shape != own["head.weight"].shape):
+    elif "head.weight" in state and (
+            "head.weight" not in own or state["head.weight"].shape != own["head.weight"].shape):
         drop = {"head.weight", "head.bias"}
         logger.info("pretrained head (%d classes) replaced by a new one", state["head.weight"].shape[0])
     state = {k: v for k, v in state.items() if k not in drop}
@@ -47,13 +48,21 @@ def _load_pretrained(model: nn.Module, state: dict, features_only: bool) -> None
                                   f"unexpected {sorted(result.unexpected_keys)[:5]}")
 
 
+def _tag_of(pretrained_cfg: Any) -> str | None:
+    """The tag of a timm ``PretrainedCfg`` (or dict) that timm passes for names like 'unireplknet_s.in22k'."""
+    if isinstance(pretrained_cfg, dict):
+        return pretrained_cfg.get("tag")
+    return getattr(pretrained_cfg, "tag", None)
+
+
 def create_model(name: str, pretrained: bool | str = False, features_only: bool = False,
                  out_indices: Sequence[int] = (0, 1, 2, 3), pretrained_cfg: Any = None, **kwargs: Any) -> nn.Module:
     """Build a variant by name (``unireplknet_a`` … ``unireplknet_h``).
 
     ``pretrained``: False, True (default release), a tag (``'in1k'``, ``'in22k'``, ``'in22k_to_in1k'``) or a
-    local file; ``cache_dir`` overrides the Hugging Face cache. ``kwargs`` go to :class:`UniRepLKNet` (e.g. ``num_classes``, ``in_chans``, ``deploy``); with
-    ``deploy=True`` and released weights the training-form weights are loaded and then re-parameterized.
+    local file; ``cache_dir`` overrides the Hugging Face cache. ``kwargs`` go to :class:`UniRepLKNet`
+    (e.g. ``num_classes``, ``in_chans``, ``deploy``); with ``deploy=True`` and released weights the
+    training-form weights are loaded and then re-parameterized.
     ``features_only=True`` returns the stage maps for ``out_indices`` (see :class:`UniRepLKNetFeatures`).
     """
     if name not in VARIANTS:
@@ -62,7 +71,7 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
         kwargs.pop(key, None)
     cache_dir = kwargs.pop("cache_dir", None)
     variant = VARIANTS[name]
-    timm_tag = pretrained_cfg.get("tag") if isinstance(pretrained_cfg, dict) else getattr(pretrained_cfg, "tag", None)
+    timm_tag = _tag_of(pretrained_cfg)
     if pretrained is True and timm_tag:
         pretrained = timm_tag
     tag, local = resolve_pretrained(name, pretrained)
