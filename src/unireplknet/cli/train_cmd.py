@@ -15,7 +15,8 @@ from unireplknet.errors import UserError
 
 # flag -> config field (flags left unset keep the recipe's value)
 _FIELD_FLAGS = {
-    "data": "data", "model": "model", "epochs": "epochs", "batch_size": "batch_size", "output": "output",
+    "task": "task", "data": "data", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
+    "output": "output",
     "device": "device", "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
     "workers": "workers", "img_size": "img_size", "amp": "amp", "accum_steps": "accum_steps",
     "drop_path": "drop_path", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
@@ -54,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "re-parameterization, ONNX export and a report. Run under `torchrun --nproc_per_node N "
                     "-m unireplknet train ...` for DDP.")
     g = p.add_argument_group("run")
+    g.add_argument("--task", metavar="NAME",
+                   help="classification (images, default), audio, forecast, ... (docs/modalities.md); "
+                        "without --config, the task's default recipe")
     g.add_argument("--config", metavar="NAME|FILE",
                    help="recipe: a name from unireplknet/configs (digits, unireplknet_t_in1k, ...) or a JSON "
                         "file "
@@ -143,29 +147,31 @@ def run(args: argparse.Namespace) -> int:
         if args.output is None:
             cfg.output = str(resume.parent)
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(_recipe(args.config, args.task), overrides)
     if args.model is not None and "arch" not in overrides:
         cfg.arch = None  # a named model replaces the recipe's custom architecture
         validate(cfg)
     summary = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     if summary:
-        _print_summary(summary)
+        from unireplknet.tasks import get_task
+
+        get_task(summary.get("task")).print_summary(summary)
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    lines = [
-        "",
-        f"Training finished: {summary['model']} on {summary['data']}, {summary['epochs']} epochs, "
-        f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s",
-        f"  held-out top-1 {summary['val_acc1']:.2f}%  top-5 {summary['val_acc5']:.2f}%  "
-        f"loss {summary['val_loss']:.4f}  ({summary['val_samples']} images)",
-        f"  deploy form: same labels {summary['deploy_same_labels']} (max |logit diff| "
-        f"{summary['deploy_max_abs_diff']:.2e})",
-    ]
-    if "onnx_max_abs_diff" in summary:
-        lines.append(f"  ONNX: max |onnxruntime - PyTorch| {summary['onnx_max_abs_diff']:.2e}")
-    if summary.get("corrupt_images"):
-        lines.append(f"  skipped {summary['corrupt_images']} unreadable images")
-    lines.append(f"  run folder: {summary['paths']['run_dir']}  (summary.json, report/report.md)")
-    print("\n".join(lines))
+def _recipe(config: str | None, task_name: str | None) -> str | None:
+    """The recipe to load: ``--config``, else the default recipe of ``--task`` (``None``: digits).
+    A recipe written for another task than ``--task`` is refused."""
+    if task_name is None:
+        return config
+    from unireplknet.engine.config import read_config_file
+    from unireplknet.tasks import get_task
+
+    task = get_task(task_name)
+    if config is None:
+        return task.default_config
+    recipe_task = read_config_file(config).get("task", "classification")
+    if recipe_task != task.name:
+        raise UserError(f"config '{config}' is a {recipe_task} recipe, not {task.name}; drop --task or "
+                        "pass a recipe of that task")
+    return config

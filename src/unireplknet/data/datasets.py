@@ -147,6 +147,8 @@ class DigitsDataset(Dataset):
 
 def drop_corrupt(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Remove the placeholder samples of unreadable images; returns (images, targets, number removed)."""
+    if targets.dim() != 1 or targets.is_floating_point():  # regression / soft targets: no placeholders
+        return images, targets, 0
     keep = targets != CORRUPT_TARGET
     n_bad = int((~keep).sum())
     if n_bad:

@@ -28,6 +28,9 @@ DEFAULT_CONFIG = "digits"
 class TrainConfig:
     """Every knob of a training run. Field comments give the paper's value where it has one."""
 
+    # --- task ---
+    task: str = "classification"  # classification (images) | audio | forecast | ... (unireplknet.tasks)
+    task_args: dict[str, Any] = field(default_factory=dict)  # task-specific settings (see docs/modalities.md)
     # --- model ---
     model: str | None = "unireplknet_t"  # registered name; None = build UniRepLKNet from `arch`
     arch: dict[str, Any] | None = None  # UniRepLKNet constructor kwargs (depths, dims, kernel_sizes, ...)
@@ -172,6 +175,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.limit_val_batches is None or cfg.limit_val_batches >= 1, "limit_val_batches must be >= 1"),
         (cfg.model is not None or cfg.arch is not None,
          "set either model (a name) or arch (constructor kwargs)"),
+        (isinstance(cfg.task_args, dict), "task_args must be a JSON object"),
         (len(cfg.mean) == cfg.in_chans and len(cfg.std) == cfg.in_chans, "mean and std need in_chans values"),
     ]
     for ok, message in checks:

@@ -36,7 +36,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step: int = 0  # optimizer steps so far
     epoch_samples: int = 0  # global samples consumed in the epoch in progress
-    best_acc1: float = -1.0
+    best_metric: float | None = None  # best value of the task's primary metric (val_acc1 for images)
     best_epoch: int = -1
     corrupt_images: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -94,7 +94,7 @@ def train_one_epoch(
             state.corrupt_images += n_bad
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            if cfg.channels_last:
+            if cfg.channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             t1 = time.perf_counter()
             data_time += t1 - t0

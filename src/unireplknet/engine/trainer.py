@@ -35,9 +35,9 @@ from unireplknet.engine.checkpoint import (
     unwrap_model,
 )
 from unireplknet.engine.config import TrainConfig, make_config
-from unireplknet.engine.loops import TrainState, evaluate, train_one_epoch
+from unireplknet.engine.loops import TrainState, train_one_epoch
 from unireplknet.errors import UserError
-from unireplknet.tasks.classification import build_losses, build_meta, build_model, model_label
+from unireplknet.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,9 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
 
-    from unireplknet.data.loader import build_datasets, build_loader, build_mixup
+    from unireplknet.data.loader import build_loader
 
+    task = get_task(cfg.task)
     if cfg.amp == "bf16" and device.type == "cpu" and cfg.img_size < 32:
         log.warning("bf16 on CPU with images under 32 px: PyTorch's bf16 conv weight gradient can be NaN "
                     "for the last (stride-2, 1x1-input) downsampling conv; use --img-size 32 or more, "
@@ -169,31 +170,29 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     np.random.seed(cfg.seed + dist.rank)
 
     # ---- data ----
-    train_set, val_set, class_names = build_datasets(cfg)
-    num_classes = len(class_names)
+    data = task.build_data(cfg)
+    train_set, val_set = data.train, data.val
     if cfg.batch_size * cfg.accum_steps > len(train_set) // dist.world_size:
+        what = "images" if task.name == "classification" else "samples"
         raise UserError(f"batch size {cfg.batch_size} x accum {cfg.accum_steps} is larger than the "
-                        f"{len(train_set) // dist.world_size} training images per process; "
+                        f"{len(train_set) // dist.world_size} training {what} per process; "
                         "lower --batch-size")
     train_loader, train_sampler = build_loader(train_set, cfg, rank=dist.rank, world_size=dist.world_size,
                                                train=True, device=device)
     val_loader, _ = build_loader(val_set, cfg, rank=dist.rank, world_size=dist.world_size, train=False,
                                  device=device)
-    mixup = build_mixup(cfg, num_classes)
-    train_loss_fn, _ = build_losses(cfg, mixup is not None)
+    mixup = task.build_batch_transform(cfg, data)
+    train_loss_fn, _ = task.build_losses(cfg, data, mixup is not None)
 
     # ---- model ----
     ckpt = load_run_checkpoint(resume) if resume is not None else None
     if ckpt is not None:
-        old_classes = list(ckpt["meta"].get("class_names", []))
-        if old_classes != list(class_names):
-            raise UserError(f"'{resume}' was trained on {len(old_classes)} classes, the data has "
-                            f"{num_classes} ({cfg.data}); resume with the same data or start a new run")
+        task.check_resume(ckpt["meta"], data, resume, cfg)
         cfg_model = copy.copy(cfg)
         cfg_model.pretrained, cfg_model.finetune = False, None  # the checkpoint has the weights
-        model = build_model(cfg_model, num_classes)
+        model = task.build_model(cfg_model, data)
     else:
-        model = build_model(cfg, num_classes)
+        model = task.build_model(cfg, data)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if dist.distributed and cfg.sync_bn:
@@ -230,13 +229,13 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device] if device.type == "cuda" else None)
 
-    meta = build_meta(cfg, class_names)
+    meta = task.build_meta(cfg, data)
     if dist.is_main:
         atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", run_dir / "config.json")
         _trim_metrics(run_dir / "metrics.jsonl", state.epoch)
         n_params = sum(p.numel() for p in model.parameters())
-        log.info("model %s: %.2fM params, %d classes, %d train / %d val images, global batch %d, %s",
-                 model_label(cfg), n_params / 1e6, num_classes, len(train_set), len(val_set),
+        log.info("task %s, model %s: %.2fM params, %d train / %d val samples, global batch %d, %s",
+                 task.name, task.model_label(cfg), n_params / 1e6, len(train_set), len(val_set),
                  global_batch, f"{dist.world_size} processes" if dist.distributed else device)
 
     def save(name: str = "last.pt") -> None:
@@ -272,28 +271,29 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
                 stopped = True
                 break
             epoch_done = stats.pop("completed")
-            val = evaluate(model, val_loader, device=device, amp=cfg.amp, channels_last=cfg.channels_last,
-                           limit_batches=cfg.limit_val_batches)
+            val = task.evaluate(model, val_loader, device=device, amp=cfg.amp,
+                                channels_last=cfg.channels_last, limit_batches=cfg.limit_val_batches)
             row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, **stats,
                                    **{k: v for k, v in val.items() if k.startswith("val_")}}
             source_model: nn.Module = model
-            acc = val["val_acc1"]
+            key = task.primary_metric
+            score = val[key]
             if ema is not None:
-                val_ema = evaluate(ema.module, val_loader, device=device, amp=cfg.amp,
-                                   channels_last=cfg.channels_last, limit_batches=cfg.limit_val_batches)
-                row["val_acc1_ema"] = val_ema["val_acc1"]
-                if val_ema["val_acc1"] > acc:
-                    acc, source_model = val_ema["val_acc1"], ema.module
+                val_ema = task.evaluate(ema.module, val_loader, device=device, amp=cfg.amp,
+                                        channels_last=cfg.channels_last, limit_batches=cfg.limit_val_batches)
+                row[f"{key}_ema"] = val_ema[key]
+                if task.is_better(val_ema[key], score):
+                    score, source_model = val_ema[key], ema.module
             row["corrupt_images"] = state.corrupt_images
             if epoch_done:
                 state.epoch += 1
                 state.epoch_samples = 0
             rng = D.all_gather_object(get_rng_state())
-            is_best = acc > state.best_acc1
+            is_best = task.is_better(score, state.best_metric)
             if is_best:
-                state.best_acc1, state.best_epoch = acc, state.epoch
+                state.best_metric, state.best_epoch = score, state.epoch
             if dist.is_main:
-                _log_epoch(row, cfg)
+                _log_epoch(row, cfg, task)
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 if is_best:  # (before last.pt: a kill in between redoes this epoch, which rewrites best.pt)
@@ -320,11 +320,8 @@ def _run(cfg: TrainConfig, resume: Path | None, dist: D.DistInfo, device: torch.
     D.barrier()
     if not dist.is_main:
         return {}
-    from unireplknet.engine.finalize import finalize
-
-    return finalize(cfg=cfg, model=model, meta=meta, val_set=val_set, class_names=class_names,
-                    run_dir=run_dir, state=state, device=device, t_start=t_start, progress=progress,
-                    world_size=dist.world_size)
+    return task.finalize(cfg=cfg, model=model, meta=meta, data=data, run_dir=run_dir, state=state,
+                         device=device, t_start=t_start, progress=progress, world_size=dist.world_size)
 
 
 def _checkpoint(model: nn.Module, meta: dict[str, Any], optimizer: Any, scheduler: Any, ema: Any, scaler: Any,
@@ -340,7 +337,8 @@ def _checkpoint(model: nn.Module, meta: dict[str, Any], optimizer: Any, schedule
         "epoch": state.epoch,
         "step": state.step,
         "epoch_samples": state.epoch_samples,
-        "best_acc1": state.best_acc1,
+        "best_metric": state.best_metric,
+        "best_acc1": state.best_metric if cfg.task == "classification" else None,
         "best_epoch": state.best_epoch,
         "corrupt_images": state.corrupt_images,
         "rng": rng,
@@ -365,7 +363,12 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: 
         scaler.load_state_dict(ckpt["scaler"])
     state.epoch, state.step = int(ckpt["epoch"]), int(ckpt["step"])
     state.epoch_samples = int(ckpt.get("epoch_samples", 0))
-    state.best_acc1 = float(ckpt.get("best_acc1", -1.0))
+    if "best_metric" in ckpt:
+        best = ckpt["best_metric"]
+    else:  # checkpoints from before tasks: best_acc1, with -1 for "none yet"
+        best = ckpt.get("best_acc1")
+        best = None if best is None or best < 0 else best
+    state.best_metric = None if best is None else float(best)
     state.best_epoch = int(ckpt.get("best_epoch", -1))
     state.corrupt_images = int(ckpt.get("corrupt_images", 0))
     rng = ckpt.get("rng") or []
@@ -395,13 +398,12 @@ def _epoch_of(line: str) -> float:
         return float("inf")
 
 
-def _log_epoch(row: dict[str, Any], cfg: TrainConfig) -> None:
+def _log_epoch(row: dict[str, Any], cfg: TrainConfig, task: Task) -> None:
     total = row["data_time"] + row["compute_time"]
     share = row["data_time"] / total if total > 0 else 0.0
-    log.info("epoch %d/%d: train_loss %.4f  val_acc1 %.2f%%  val_loss %.4f  lr %.2e  "
-             "data %.1fs / compute %.1fs (%.0f img/s)", row["epoch"], cfg.epochs, row["train_loss"],
-             row["val_acc1"], row["val_loss"], row["lr"], row["data_time"], row["compute_time"],
-             row["train_images_per_s"])
+    log.info("epoch %d/%d: train_loss %.4f  %s  lr %.2e  data %.1fs / compute %.1fs (%.0f samples/s)",
+             row["epoch"], cfg.epochs, row["train_loss"], task.epoch_line(row), row["lr"], row["data_time"],
+             row["compute_time"], row["train_images_per_s"])
     if share > 0.25 and total > 1.0:
         log.warning("the data loader took %.0f%% of the epoch: the model is waiting for data; "
                     "raise --workers (now %d) or make the transforms cheaper", 100 * share, cfg.workers)

@@ -123,6 +123,12 @@ def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
     if not isinstance(meta, Mapping):
         raise CheckpointError("the checkpoint has no 'meta' (an official or foreign checkpoint): name the model "
                               "(e.g. --model unireplknet_t and --num-classes) so it can be built")
+    if meta.get("embedder"):  # another modality: embedder -> backbone -> head
+        from unireplknet.models.multimodal import build_embedder_model
+
+        model: nn.Module = build_embedder_model(meta)
+        load_checkpoint(model, obj, strict=True)
+        return model, dict(meta)
     kwargs = dict(meta.get("model_kwargs") or {})
     kwargs["deploy"] = bool(meta.get("deploy", False))
     name = meta.get("model")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from unireplknet.errors import UserError
+from unireplknet.tasks.base import Task, TaskData
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +114,78 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
     pred = logits.topk(maxk, dim=1).indices
     hit = pred.eq(target[:, None])
     return [int(hit[:, : min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+class ClassificationTask(Task):
+    """Images (the default task): ImageFolder or embedded digits, a bare UniRepLKNet, top-1/top-5
+    accuracy. Evaluates on ``val`` (no separate test split); run folder as in docs/training.md."""
+
+    name = TASK
+    primary_metric = "val_acc1"
+    mode = "max"
+    default_config = "digits"
+
+    def build_data(self, cfg: Any) -> TaskData:
+        from unireplknet.data.loader import build_datasets
+
+        train, val, class_names = build_datasets(cfg)
+        return TaskData(train=train, val=val, test=None, info={"class_names": list(class_names)})
+
+    def check_resume(self, meta: dict[str, Any], data: TaskData, path: Any, cfg: Any) -> None:
+        super().check_resume(meta, data, path, cfg)
+        old_classes = list(meta.get("class_names", []))
+        names = data.info["class_names"]
+        if old_classes != list(names):
+            raise UserError(f"'{path}' was trained on {len(old_classes)} classes, the data has "
+                            f"{len(names)} ({cfg.data}); resume with the same data or start a new run")
+
+    def build_model(self, cfg: Any, data: TaskData) -> nn.Module:
+        return build_model(cfg, len(data.info["class_names"]))
+
+    def build_losses(self, cfg: Any, data: TaskData, mixup_active: bool) -> tuple[nn.Module, nn.Module]:
+        return build_losses(cfg, mixup_active)
+
+    def build_batch_transform(self, cfg: Any, data: TaskData) -> Any:
+        from unireplknet.data.loader import build_mixup
+
+        return build_mixup(cfg, len(data.info["class_names"]))
+
+    def build_meta(self, cfg: Any, data: TaskData, deploy: bool = False) -> dict[str, Any]:
+        return build_meta(cfg, data.info["class_names"], deploy)
+
+    def evaluate(self, model: nn.Module, loader: Any, *, device: torch.device, amp: str = "none",
+                 channels_last: bool = False, limit_batches: int | None = None) -> dict[str, Any]:
+        from unireplknet.engine.loops import evaluate
+
+        return evaluate(model, loader, device=device, amp=amp, channels_last=channels_last,
+                        limit_batches=limit_batches)
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        return f"val_acc1 {row['val_acc1']:.2f}%  val_loss {row['val_loss']:.4f}"
+
+    def finalize(self, *, cfg: Any, model: nn.Module, meta: dict[str, Any], data: TaskData, run_dir: Any,
+                 state: Any, device: torch.device, t_start: float, progress: bool,
+                 world_size: int = 1) -> dict[str, Any]:
+        from unireplknet.engine.finalize import finalize
+
+        return finalize(cfg=cfg, model=model, meta=meta, val_set=data.val,
+                        class_names=data.info["class_names"], run_dir=run_dir, state=state, device=device,
+                        t_start=t_start, progress=progress,
+                        world_size=world_size)
+
+    def print_summary(self, summary: dict[str, Any]) -> None:
+        lines = [
+            "",
+            f"Training finished: {summary['model']} on {summary['data']}, {summary['epochs']} epochs, "
+            f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s",
+            f"  held-out top-1 {summary['val_acc1']:.2f}%  top-5 {summary['val_acc5']:.2f}%  "
+            f"loss {summary['val_loss']:.4f}  ({summary['val_samples']} images)",
+            f"  deploy form: same labels {summary['deploy_same_labels']} (max |logit diff| "
+            f"{summary['deploy_max_abs_diff']:.2e})",
+        ]
+        if "onnx_max_abs_diff" in summary:
+            lines.append(f"  ONNX: max |onnxruntime - PyTorch| {summary['onnx_max_abs_diff']:.2e}")
+        if summary.get("corrupt_images"):
+            lines.append(f"  skipped {summary['corrupt_images']} unreadable images")
+        lines.append(f"  run folder: {summary['paths']['run_dir']}  (summary.json, report/report.md)")
+        print("\n".join(lines))
