@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The machine's pip configuration may point at a local CPU-only torch wheel that cannot load PyPI's
 # torchvision: install from PyPI as users do.
-PIP := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=/dev/null $(PY) -m pip
+PIP := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null $(PY) -m pip
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow lint bench clean
