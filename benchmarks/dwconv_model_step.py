@@ -41,7 +41,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = args.device
     torch.manual_seed(0)
     train_model = unireplknet.create_model(args.model).to(dev).train()

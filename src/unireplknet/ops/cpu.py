@@ -91,6 +91,8 @@ class _CpuDepthwiseConv2d(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
+        if is_channels_last(x) and not is_channels_last(grad_out):  # e.g. an expanded grad from .sum()
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
             gx = _forward(grad_out, weight.flip(-1, -2), None, *ctx.opts)
         if ctx.needs_input_grad[1]:
