@@ -296,21 +296,28 @@ def _shape_surface(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPES)}")
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
+def _rotation(axis: int, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
 
 
-def make_shape(label: int, num_points: int, rng: np.random.Generator) -> np.ndarray:
-    """One random instance of shape ``SHAPES[label]``: size (0.7–1.3 per axis), 3-D rotation, Gaussian
-    noise (σ 0–0.03) and partial occlusion (the points beyond a random plane, 0–25% of them, are removed),
+def _random_rotation(rng: np.random.Generator, max_tilt: float) -> np.ndarray:
+    """Any angle about the up (y) axis, then a tilt of up to ``max_tilt`` radians about x and z."""
+    return (_rotation(0, rng.uniform(-max_tilt, max_tilt)) @ _rotation(2, rng.uniform(-max_tilt, max_tilt))
+            @ _rotation(1, rng.uniform(0, 2 * np.pi)))
+
+
+def make_shape(label: int, num_points: int, rng: np.random.Generator, max_tilt: float = 0.35) -> np.ndarray:
+    """One random instance of shape ``SHAPES[label]``: size (0.7–1.3 per axis), rotation (any angle about
+    the up axis, as objects stand in ModelNet, and a tilt up to ``max_tilt`` rad), Gaussian noise
+    (σ 0–0.03) and partial occlusion (the points beyond a random plane, 0–25% of them, are removed),
     normalized and resampled to ``num_points``. (num_points, 3) float32."""
     n = int(num_points * 1.4)
     pts = _shape_surface(SHAPES[label], n, rng) * rng.uniform(0.7, 1.3, (1, 3))
-    pts = pts @ _random_rotation(rng).T
+    pts = pts @ _random_rotation(rng, max_tilt).T
     pts = pts + rng.uniform(0, 0.03) * rng.standard_normal(pts.shape)
     d = pts @ _unit_vectors(1, rng)[0]
     cut = np.quantile(d, 1 - rng.uniform(0, 0.25))

@@ -6,6 +6,8 @@ from __future__ import annotations
 EMBEDDERS: dict[str, str] = {
     "audio_fbank": "unireplknet.modalities.audio:FbankEmbedder",
     "corrformer": "unireplknet.modalities.timeseries:CorrformerEmbedder",
+    "pointcloud_projector": "unireplknet.modalities.pointcloud:PointCloudProjector",
+    "video_tiler": "unireplknet.modalities.video:FrameTiler",
 }
 HEADS: dict[str, str] = {
     "forecast": "unireplknet.modalities.timeseries:ForecastHead",

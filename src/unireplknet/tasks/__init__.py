@@ -15,6 +15,8 @@ TASKS: dict[str, str] = {
     "classification": "unireplknet.tasks.classification:ClassificationTask",
     "audio": "unireplknet.tasks.audio:AudioTask",
     "forecast": "unireplknet.tasks.forecast:ForecastTask",
+    "pointcloud": "unireplknet.tasks.pointcloud:PointCloudTask",
+    "video": "unireplknet.tasks.video:VideoTask",
 }
 
 
