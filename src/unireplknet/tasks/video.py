@@ -55,7 +55,10 @@ class VideoTask(EmbeddedClassificationTask):
                 raise UserError(f"moving_digits makes {a['total_frames']} frames, fewer than num_frames={NF}; "
                                 "raise task_args.total_frames")
             kw = {"num_frames": NF, "size": size, "total_frames": a["total_frames"]}
-            train = MovingDigits("train", per_class=a["per_class"], **kw)
+            try:
+                train = MovingDigits("train", per_class=a["per_class"], **kw)
+            except ValueError as err:
+                raise UserError(f"moving_digits: {err}") from None
             val = MovingDigits("val", per_class=a["val_per_class"], **kw)
             test = MovingDigits("test", per_class=a["val_per_class"], **kw)
             return TaskData(train, val, test, {"class_names": list(train.class_names)})
