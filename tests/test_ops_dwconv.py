@@ -160,6 +160,7 @@ def test_non_square_odd_kernel_falls_back() -> None:
         ((3, 1, 5, 5), None, "auto", "channels"),
         ((4, 1, 5, 5), (3,), "auto", "bias"),
         ((4, 1, 5, 5), None, "cuda", "unknown dwconv backend"),
+        ((4, 5), None, "auto", r"\(C, 1, K, K\)"),
     ],
 )
 def test_bad_input_raises_one_line_value_error(weight_shape, bias_shape, backend, match) -> None:

@@ -67,6 +67,8 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     padding or a non-square kernel is passed to F.conv2d (default padding = dilation·(K//2), 'same').
     """
     dispatch.check_backend_name(backend)
+    if weight.dim() != 4:
+        raise ValueError(f"dwconv2d: weight must be (C, 1, K, K), got shape {tuple(weight.shape)}")
     C = weight.shape[0]
     kh, kw = int(weight.shape[-2]), int(weight.shape[-1])
     stride, dilation = _pair(stride), _pair(dilation)
