@@ -103,3 +103,52 @@ class Task:
         import json
 
         print(json.dumps({k: v for k, v in summary.items() if k != "paths"}, indent=2))
+
+
+def task_args(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``cfg.task_args`` over the task's ``defaults``; an unknown key is a UserError."""
+    from unireplknet.errors import UserError
+
+    given = dict(cfg.task_args or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UserError(f"unknown task_args key(s) {', '.join(unknown)} for task '{cfg.task}'; valid: "
+                        f"{', '.join(sorted(defaults))}")
+    return {**defaults, **given}
+
+
+def best_and_deploy(model: nn.Module, meta: dict[str, Any], run_dir: Path,
+                    device: torch.device) -> tuple[nn.Module, nn.Module, dict[str, str]]:
+    """The end-of-run models: the training form rebuilt from ``best.pt`` (as users load it) and its
+    re-parameterized copy, which is saved as ``deploy.pt``. Returns (model, deploy, paths)."""
+    import copy
+
+    from unireplknet.engine.checkpoint import atomic_save, load_run_checkpoint, unwrap_model
+    from unireplknet.models.checkpoint import build_model_from_checkpoint
+
+    paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"),
+             "metrics": str(run_dir / "metrics.jsonl"), "last": str(run_dir / "last.pt"),
+             "log": str(run_dir / "train.log")}
+    best_path = run_dir / "best.pt"
+    if best_path.is_file():
+        model, _ = build_model_from_checkpoint(load_run_checkpoint(best_path))
+        paths["best"] = str(best_path)
+    else:
+        model = unwrap_model(model)
+    model.to(device).eval()
+    deploy = copy.deepcopy(model)
+    deploy.reparameterize()
+    deploy.eval()
+    state = {k: v.detach().cpu() for k, v in deploy.state_dict().items()}
+    atomic_save({"model": state, "meta": dict(meta, deploy=True)}, run_dir / "deploy.pt")
+    paths["deploy"] = str(run_dir / "deploy.pt")
+    return model, deploy, paths
+
+
+def write_summary(summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    import json
+
+    from unireplknet.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+    return summary
