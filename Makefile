@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+	UNIREPLKNET_REQUIRE_EXTRAS=1 $(PY) -m pytest -q -n 2 -rs $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -30,4 +30,10 @@ __all__ = [
 ]
 
 if os.environ.get("UNIREPLKNET_NO_TIMM") != "1" and importlib.util.find_spec("timm") is not None:
-    from unireplknet.models import timm_registry  # noqa: F401  (registers the variants with timm)
+    try:
+        from unireplknet.models import timm_registry  # noqa: F401  (registers the variants with timm)
+    except ImportError as err:  # a broken timm install must not break the torch-only library
+        import logging
+
+        logging.getLogger(__name__).warning("timm is installed but could not be imported (%s): the variants "
+                                            "are not registered with timm", err)
