@@ -30,3 +30,20 @@ def test_default_train_reaches_97_percent_within_10_minutes(tmp_path: Path) -> N
                 "report_confusion_matrix"):
         assert Path(summary["paths"][key]).is_file(), key
     assert "held-out top-1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_the_eager_loss_curve(tmp_path: Path) -> None:
+    """`--compile` trains through torch.compile (inductor on CPU: needs a C compiler, ~1 min to compile)."""
+    arch = '{"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": [[3], [13], [13], [3]]}'
+    common = ["--set", f"arch={arch}", "--img-size", "32", "--batch-size", "16", "--no-progress", "--no-export",
+              "--epochs", "1", "--limit-train-batches", "4", "--limit-val-batches", "2", "--set", "threads=1"]
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "unireplknet", "train", "--output", str(out), *common, *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = rows[-1]["train_loss"]
+    assert abs(losses["compiled"] - losses["eager"]) < 1e-3 * max(1.0, abs(losses["eager"])), losses
