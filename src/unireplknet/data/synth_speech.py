@@ -7,7 +7,10 @@ measures generalization to new speakers. Background noise is added when the clip
 (:class:`unireplknet.data.audio.WaveformDataset`), fresh each epoch in training, fixed for val/test.
 
 The cache lives in ``$UNIREPLKNET_CACHE`` (default ``~/.cache/unireplknet``) under a name derived from every
-generation setting, so the same settings are generated once; generation is deterministic.
+generation setting, so the same settings are generated once. Every random choice (accent, speed, pitch,
+gain, offset, splits) is seeded; eSpeak NG itself varies a synthesized word slightly between calls (a few
+samples of timing, its internal noise state), so the cached file is what makes a dataset exactly
+reproducible.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _ESpeak:
             raise UserError("the embedded speech dataset needs eSpeak NG: pip install 'unireplknet[audio]' "
                             "(espeakng-loader), or pass --data DIR with audio files") from err
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.libc = ctypes.CDLL(None)
         self.lib.espeak_Initialize.restype = ctypes.c_int
         rate = self.lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # 2: synchronous
         if rate <= 0:
@@ -74,6 +78,10 @@ class _ESpeak:
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE (words per minute)
         self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH (0-100)
         self._chunks = []
+        # eSpeak's noise sources draw from its own generator and from the C library's rand(): reseed both
+        if hasattr(self.lib, "espeak_ng_SetRandSeed"):
+            self.lib.espeak_ng_SetRandSeed(0)
+        self.libc.srand(0)
         data = text.encode() + b"\0"
         self.lib.espeak_Synth(data, len(data), 0, 0, 0, 0, None, None)  # POS_CHARACTER, espeakCHARS_AUTO
         self.lib.espeak_Synchronize()

@@ -29,7 +29,7 @@ EMBEDDED = "spoken_words"
 DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "clip_seconds": 1.0, "n_mels": 128, "win_ms": 25.0, "hop_ms": 10.0,
     "freq_mask": 24, "time_mask": 20, "num_masks": 2,
-    "noise_snr": [5.0, 30.0],  # background noise mixed into the embedded clips (dB); null = none
+    "noise_snr": [10.0, 30.0],  # background noise mixed into the embedded clips (dB); null = none
     "synth_per_voice": 8,  # renditions per word and voice of the embedded dataset
     "synth_words": None,  # number of words of the embedded dataset (None: all 12)
     "synth_variants": None,  # restrict the embedded dataset's voices (tests)
