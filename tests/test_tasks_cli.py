@@ -62,6 +62,18 @@ def test_train_audio_tiny_writes_summary_and_rebuildable_checkpoint(tmp_path: Pa
         assert model.eval()(torch.zeros(2, 16000)).shape == (2, 2)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_acc1" in r for r in rows)
+    # eval (test split of the same embedded data) and predict (audio files) rebuild the model from its meta
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", "spoken_words", "--output",
+                 str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["task"] == "audio" and report["test_samples"] == 4
+    assert report["test_acc1"] == pytest.approx(summary["test_acc1"])
+    clip = tmp_path / "clip.wav"
+    sf.write(str(clip), np.zeros(12000, np.float32), 16000)
+    assert main(["predict", str(clip), "--checkpoint", str(out / "deploy.pt"), "--topk", "1", "--output",
+                 str(out)]) == 0
+    pred = json.loads((out / "predictions.json").read_text())
+    assert pred[0]["file"] == str(clip) and pred[0]["predictions"][0]["label"] in ("yes", "no")
 
 
 def _station_csvs(root: Path, n: int = 400) -> None:
@@ -96,6 +108,13 @@ def test_train_forecast_tiny_on_csv_stations(tmp_path: Path) -> None:
     assert meta["columns"] == ["north/temp", "north/wind", "south/temp", "south/wind"]
     with torch.no_grad():
         assert model.eval()(torch.zeros(3, 32, 4 + 4)).shape == (3, 8, 4)
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data", str(data), "--output", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["test"]["temp"]["ours"]["mse"] == pytest.approx(summary["test"]["temp"]["ours"]["mse"],
+                                                                   rel=1e-5)
+    assert main(["predict", str(data), "--checkpoint", str(out / "deploy.pt"), "--output", str(out)]) == 0
+    pred = json.loads((out / "predictions.json").read_text())
+    assert np.array(pred["forecast"]).shape == (8, 4) and pred["timestamps"][0] == "2020-01-17 16:00:00"
 
 
 def test_train_forecast_embedded_weather_tiny(tmp_path: Path) -> None:

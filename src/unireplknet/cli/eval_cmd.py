@@ -95,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
     model, meta = C.load_model(args.checkpoint, args.model, args.num_classes, args.model_kwargs)
     if args.reparam and not C.is_deploy(model):
         model.reparameterize()
+    if meta.get("task") not in (None, "classification"):  # audio, forecast: the task evaluates
+        from unireplknet.cli.task_cmds import run_eval
+
+        report = {**run_eval(args, model, meta, device), "form": "deploy" if C.is_deploy(model) else "training",
+                  "checkpoint": str(args.checkpoint), "data": str(args.data), "device": str(device)}
+        if args.output:
+            C.write_json(report, Path(args.output) / "eval.json")
+        C.print_json(report)
+        return 0
     c, h, _ = C.model_input_size(meta, args.img_size)
     dataset = _dataset(args.data, meta, C.eval_transform(meta, args.img_size), h, c)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=max(args.workers, 0))

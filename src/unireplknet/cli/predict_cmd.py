@@ -34,6 +34,17 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     device = C.resolve_device(args.device)
+    from unireplknet.cli.task_cmds import IMAGE_TASKS, checkpoint_task, run_predict
+
+    if checkpoint_task(args.checkpoint) not in IMAGE_TASKS:  # audio files / station CSVs
+        model, meta = C.load_model(args.checkpoint, args.model, args.num_classes, args.model_kwargs)
+        if args.reparam and not C.is_deploy(model):
+            model.reparameterize()
+        result = run_predict(args, model, meta, device)
+        if args.output:
+            C.write_json(result, Path(args.output) / "predictions.json")
+        C.print_json(result)
+        return 0
     paths = C.collect_images(args.images)
     for path in paths:  # fail before any work on a file that is not an image
         try:

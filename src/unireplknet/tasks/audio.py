@@ -147,7 +147,8 @@ class AudioTask(Task):
                 "model_kwargs": _backbone_kwargs(cfg, len(data.info["class_names"]), 1), "deploy": deploy,
                 "embedder": {"name": "audio_fbank", "kwargs": self.embedder_kwargs(data)}, "head": None,
                 "class_names": list(data.info["class_names"]),
-                "input_size": [data.info["clip_samples"]], "sample_rate": int(data.info["args"]["sample_rate"])}
+                "input_size": [data.info["clip_samples"]], "sample_rate": int(data.info["args"]["sample_rate"]),
+                "task_args": dict(data.info["args"]), "data": cfg.data}
 
     def model_label(self, cfg: Any) -> str:
         from unireplknet.tasks.classification import model_label
@@ -162,6 +163,16 @@ class AudioTask(Task):
 
     def epoch_line(self, row: dict[str, Any]) -> str:
         return f"val_acc1 {row['val_acc1']:.2f}%  val_loss {row['val_loss']:.4f}"
+
+    def test_metrics(self, model: nn.Module, data: TaskData, batch_size: int, device: torch.device,
+                     workers: int = 0) -> dict[str, Any]:
+        """Top-1 / top-5 accuracy (percent) and loss on the test split (``eval`` for a checkpoint)."""
+        from unireplknet.engine.loops import evaluate
+
+        loader = DataLoader(data.test, batch_size=batch_size, shuffle=False, num_workers=workers)
+        r = evaluate(model.to(device), loader, device=device, reduce=False)
+        return {"test_acc1": r["val_acc1"], "test_acc5": r["val_acc5"], "test_loss": r["val_loss"],
+                "test_samples": r["val_samples"]}
 
     def finalize(self, *, cfg: Any, model: nn.Module, meta: dict[str, Any], data: TaskData, run_dir: Path,
                  state: Any, device: torch.device, t_start: float, progress: bool,

@@ -116,7 +116,8 @@ class ForecastTask(Task):
                 "columns": data.info["columns"], "variables": data.info["variables"],
                 "mean": data.info["mean"], "std": data.info["std"], "seq_len": int(a["seq_len"]),
                 "pred_len": int(a["pred_len"]), "time_col": a["time_col"],
-                "input_size": [int(a["seq_len"]), len(data.info["columns"]) + 4]}
+                "input_size": [int(a["seq_len"]), len(data.info["columns"]) + 4],
+                "task_args": dict(a), "data": cfg.data}
 
     def model_label(self, cfg: Any) -> str:
         from unireplknet.tasks.classification import model_label
@@ -161,14 +162,32 @@ class ForecastTask(Task):
     def finalize(self, *, cfg: Any, model: nn.Module, meta: dict[str, Any], data: TaskData, run_dir: Path,
                  state: Any, device: torch.device, t_start: float, progress: bool,
                  world_size: int = 1) -> dict[str, Any]:
+        a = data.info["args"]
+        model, deploy, paths = best_and_deploy(model, meta, run_dir, device)
+        test, beats, ours, y_test = self.test_table(model, data, cfg.batch_size, device)
+        ours_deploy = self.predict(deploy, data.test, cfg.batch_size, device)
+        summary: dict[str, Any] = {
+            "status": "completed", "task": self.name, "model": self.model_label(cfg), "data": cfg.data,
+            "seq_len": int(a["seq_len"]), "pred_len": int(a["pred_len"]), "stations": data.info["stations"],
+            "test": test, "beats_best_baseline": beats, "test_windows": int(len(y_test)),
+            "test_mse_standardized": float(np.mean((ours - y_test) ** 2)),
+            "best_epoch": state.best_epoch, "epochs": state.epoch, "steps": state.step,
+            "world_size": world_size, "global_batch": cfg.global_batch(world_size),
+            "deploy_max_abs_diff": float(np.abs(ours - ours_deploy).max()),
+            "wall_time_s": round(time.time() - t_start, 1), "paths": paths,
+        }
+        return write_summary(summary, run_dir)
+
+    def test_table(self, model: nn.Module, data: TaskData, batch_size: int,
+                   device: torch.device) -> tuple[dict[str, Any], dict[str, bool], np.ndarray, np.ndarray]:
+        """Per-variable test MSE/MAE (original scale) of the model and the three baselines, whether the model
+        beats the best baseline's MSE per variable, and the standardized forecasts and targets."""
         from unireplknet.data.timeseries import RidgeBaseline, per_variable_errors, persistence, seasonal_naive
 
         a = data.info["args"]
-        model, deploy, paths = best_and_deploy(model, meta, run_dir, device)
         x_test, y_test = data.test.arrays()
         x_train, y_train = data.train.arrays()
-        ours = self.predict(model, data.test, cfg.batch_size, device)
-        ours_deploy = self.predict(deploy, data.test, cfg.batch_size, device)
+        ours = self.predict(model.to(device), data.test, batch_size, device)
         pred_len = int(a["pred_len"])
         preds = {
             "ours": ours,
@@ -184,17 +203,7 @@ class ForecastTask(Task):
         for var in variables:
             best_base = min(test[var][b]["mse"] for b in preds if b != "ours")
             beats[var] = test[var]["ours"]["mse"] < best_base
-        summary: dict[str, Any] = {
-            "status": "completed", "task": self.name, "model": self.model_label(cfg), "data": cfg.data,
-            "seq_len": int(a["seq_len"]), "pred_len": pred_len, "stations": data.info["stations"],
-            "test": test, "beats_best_baseline": beats, "test_windows": int(len(y_test)),
-            "test_mse_standardized": float(np.mean((ours - y_test) ** 2)),
-            "best_epoch": state.best_epoch, "epochs": state.epoch, "steps": state.step,
-            "world_size": world_size, "global_batch": cfg.global_batch(world_size),
-            "deploy_max_abs_diff": float(np.abs(ours - ours_deploy).max()),
-            "wall_time_s": round(time.time() - t_start, 1), "paths": paths,
-        }
-        return write_summary(summary, run_dir)
+        return test, beats, ours, y_test
 
     def print_summary(self, summary: dict[str, Any]) -> None:
         print("\n" + f"Training finished: {summary['model']} on {summary['data']}, {summary['epochs']} epochs, "
