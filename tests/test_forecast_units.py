@@ -91,6 +91,9 @@ def test_chronological_split_and_windows() -> None:
     xa, ya = ds.arrays()
     np.testing.assert_array_equal(xa[3], values[133:143])
     np.testing.assert_array_equal(ya[3], values[143:148])
+    strided = WindowDataset(values, marks, seq, pred, *r["val"], stride=4)
+    assert len(strided) == 4 and torch.equal(strided[1][0], ds[4][0])
+    np.testing.assert_array_equal(strided.arrays()[1], ya[::4])
     with pytest.raises(UserError, match="too short"):
         chronological_split(30, 10, 5)
 

@@ -163,25 +163,26 @@ def chronological_split(n_steps: int, seq_len: int, pred_len: int,
 
 
 class WindowDataset(Dataset):
-    """Sliding windows over a standardized series: item ``i`` -> (x (L, D + 4), y (P, D)) float32."""
+    """Sliding windows over a standardized series: item ``i`` -> (x (L, D + 4), y (P, D)) float32, for
+    window starts ``start, start + stride, ... < stop``."""
 
     def __init__(self, values: np.ndarray, marks: np.ndarray, seq_len: int, pred_len: int,
-                 start: int, stop: int) -> None:
+                 start: int, stop: int, stride: int = 1) -> None:
         self.values = torch.as_tensor(values, dtype=torch.float32)
         self.inputs = torch.cat([self.values, torch.as_tensor(marks, dtype=torch.float32)], dim=1)
-        self.seq_len, self.pred_len, self.start, self.stop = seq_len, pred_len, start, stop
+        self.seq_len, self.pred_len, self.start, self.stop, self.stride = seq_len, pred_len, start, stop, stride
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return (self.stop - self.start + self.stride - 1) // self.stride
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.start + i
+        s = self.start + i * self.stride
         return self.inputs[s: s + self.seq_len], self.values[s + self.seq_len: s + self.seq_len + self.pred_len]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All windows as float64 arrays: (N, L, D) inputs (values only) and (N, P, D) targets."""
         v = self.values.double().numpy()
-        idx = np.arange(self.start, self.stop)[:, None]
+        idx = np.arange(self.start, self.stop, self.stride)[:, None]
         x = v[idx + np.arange(self.seq_len)[None]]
         y = v[idx + self.seq_len + np.arange(self.pred_len)[None]]
         return x, y

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "seq_len": 48, "pred_len": 24, "d_model": 64, "n_nodes": None,  # None: one node per station
     "time_col": "timestamp", "variables": None,  # CSV data: the columns to forecast (None: weather's)
     "split": [0.7, 0.1, 0.2], "ridge_alpha": 1.0, "season": 24, "head_dropout": 0.1,
+    "train_stride": 1,  # every train_stride-th training window per epoch (hourly windows overlap heavily)
 }
 
 
@@ -64,7 +65,8 @@ class ForecastTask(Task):
         std = np.where(std > 0, std, 1.0)
         values = (series.values - mean) / std
         marks = time_features(series.timestamps)
-        sets = {k: WindowDataset(values, marks, seq_len, pred_len, *r) for k, r in ranges.items()}
+        strides = {"train": int(a["train_stride"]), "val": 1, "test": 1}
+        sets = {k: WindowDataset(values, marks, seq_len, pred_len, *r, stride=strides[k]) for k, r in ranges.items()}
         n_nodes = int(a["n_nodes"] or len(series.stations))
         if len(series.columns) % n_nodes:
             raise UserError(f"{len(series.columns)} series columns cannot be split into {n_nodes} nodes; set "
