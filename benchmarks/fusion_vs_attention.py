@@ -155,7 +155,7 @@ def cost_part(lengths: list[int], dim: int = 64, batch: int = 8, reps: int = 3,
     for L in lengths:
         for kind, method in (("asymmetric (conv)", "conv"), ("asymmetric (fft)", "fft"),
                              ("cross-attention", None)):
-            if method == "conv" and L > max_conv_len:  # O(L²·D) direct sums: "auto" uses FFT there anyway
+            if method == "conv" and max_conv_len < L:  # O(L²·D) direct sums: "auto" uses FFT there anyway
                 continue
             torch.manual_seed(0)
             layer = AsymFusionBlock(dim, method=method) if method else CrossAttentionFusion(dim)
