@@ -93,7 +93,6 @@ class _CloudDataset(Dataset):
 
     def __init__(self, num_points: int, train: bool, augment: Callable | None, seed: int) -> None:
         self.num_points, self.train, self.augment, self.seed = num_points, train, augment, seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.labels)

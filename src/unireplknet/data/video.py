@@ -31,15 +31,18 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".m
 MEAN, STD = 0.5, 0.5
 
 
-def decode_video(path: str | os.PathLike) -> list[np.ndarray]:
-    """Every frame of a video file as (h, w, 3) uint8 RGB arrays (PyAV). UserError if it does not decode."""
+def decode_video(path: str | os.PathLike, size: int | None = None) -> list[np.ndarray]:
+    """Every frame of a video file as (h, w, 3) uint8 RGB arrays (PyAV), resized to ``size``² while decoding
+    when given (so a long clip never sits in memory at full resolution). UserError if it does not decode."""
     import av
 
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise UserError(f"'{path}' has no video stream")
-            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            if size is None:
+                return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            return [f.to_ndarray(width=size, height=size, format="rgb24") for f in container.decode(video=0)]
     except UserError:
         raise
     except Exception as err:  # av.error.* and anything else the demuxer/decoder raises
@@ -110,7 +113,7 @@ class VideoClipDataset(Dataset):
             files = _frame_files(path)
             total = len(files)
         else:
-            frames = decode_video(path)
+            frames = decode_video(path, self.size)
             total = len(frames)
         if total < self.num_frames:
             raise UserError(f"'{path}' has {total} frames, fewer than the {self.num_frames} sampled per clip; "
