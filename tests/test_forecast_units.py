@@ -56,20 +56,23 @@ def test_instance_norm_round_trip() -> None:
                                rtol=0, atol=1e-12)  # unit std up to the eps = 1e-5 in the variance
 
 
-def test_forecaster_is_shift_and_scale_equivariant_per_window() -> None:
+def test_forecaster_starts_as_its_linear_shortcut_and_backbone_adds_to_it() -> None:
     torch.manual_seed(0)
     length, d, n, pred = 32, 6, 2, 8
     model = EmbedderModel(CorrformerEmbedder(d, n, length, d_model=32),
                           UniRepLKNet(in_chans=1, num_classes=0, depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
                                       kernel_sizes=5),
                           ForecastHead(d, n, length, pred, feat_dim=64)).eval()
+    x = torch.randn(3, length, d + 4, dtype=torch.float64)
+    model.double()
+    torch.testing.assert_close(model(x), x[:, -1:, :d].expand(3, pred, d))  # persistence at init
+    coef = torch.randn(d, length + 1, pred, dtype=torch.float64)
+    model.head.init_linear(coef)
+    expected = torch.einsum("bld,dlp->bpd", x[..., :d], coef[:, :-1]) + coef[:, -1].t()[None]
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
     torch.nn.init.normal_(model.head.deep.weight, std=0.1)
-    x = torch.randn(3, length, d + 4)
     y = model(x)
-    assert y.shape == (3, pred, d)
-    x2 = x.clone()
-    x2[..., :d] = x[..., :d] * 5.0 + 3.0  # same window in other units: instance normalization undoes it
-    torch.testing.assert_close(model(x2), y * 5.0 + 3.0, rtol=1e-4, atol=1e-4)
+    assert y.shape == (3, pred, d) and not torch.allclose(y, expected)
 
 
 def test_chronological_split_and_windows() -> None:

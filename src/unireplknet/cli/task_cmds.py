@@ -105,7 +105,7 @@ def _predict_forecast(args: argparse.Namespace, model: nn.Module, meta: Mapping[
                       device: torch.device) -> dict[str, Any]:
     import pandas as pd
 
-    from unireplknet.data.timeseries import load_csv_stations, time_features
+    from unireplknet.data.timeseries import TIME_FEATURES, load_csv_stations, time_features
 
     if len(args.images) != 1:
         raise UserError("forecast predict takes one CSV file or one folder of station CSVs")
@@ -120,7 +120,9 @@ def _predict_forecast(args: argparse.Namespace, model: nn.Module, meta: Mapping[
     mean, std = np.asarray(meta["mean"]), np.asarray(meta["std"])
     ts = pd.DatetimeIndex(series.timestamps)
     step = ts[-1] - ts[-2]
-    x = np.concatenate([(series.values[-seq_len:] - mean) / std, time_features(series.timestamps[-seq_len:])], 1)
+    names = (meta.get("task_args") or {}).get("time_features", TIME_FEATURES)
+    marks = time_features(series.timestamps[-seq_len:], names)
+    x = np.concatenate([(series.values[-seq_len:] - mean) / std, marks], 1)
     with torch.inference_mode():
         y = model(torch.as_tensor(x, dtype=torch.float32)[None].to(device))[0].double().cpu().numpy()
     y = y * std + mean

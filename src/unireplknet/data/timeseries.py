@@ -3,7 +3,7 @@ timestamps, standardized with training statistics, cut into sliding windows, spl
 baselines (persistence, seasonal naive, ridge on the window).
 
 A series is ``(T, D)`` with ``D = stations × variables`` (columns ``"<station>/<variable>"``). A sample is
-``(x (L, D + 4), y (P, D))``: the window's standardized values plus four calendar features (hour of day,
+``(x (L, D + M), y (P, D))``: the window's standardized values plus M calendar features (of hour of day,
 day of week, day of month, day of year, scaled to [-0.5, 0.5]), and the next ``P`` standardized values.
 """
 
@@ -38,12 +38,22 @@ class Series:
     stations: list[str]
 
 
-def time_features(timestamps: np.ndarray) -> np.ndarray:
-    """(T,) datetime64 -> (T, 4) float32: hour/23, weekday/6, (day-1)/30, (yearday-1)/365, each minus 0.5."""
+TIME_FEATURES = ("hour", "weekday", "day", "yearday")
+
+
+def time_features(timestamps: np.ndarray, names: Sequence[str] = TIME_FEATURES) -> np.ndarray:
+    """(T,) datetime64 -> (T, len(names)) float32 calendar features in [-0.5, 0.5]: hour/23, weekday/6,
+    (day of month - 1)/30, (day of year - 1)/365."""
     import pandas as pd
 
     t = pd.DatetimeIndex(timestamps)
-    feats = np.stack([t.hour / 23.0, t.dayofweek / 6.0, (t.day - 1) / 30.0, (t.dayofyear - 1) / 365.0], axis=1)
+    table = {"hour": t.hour / 23.0, "weekday": t.dayofweek / 6.0, "day": (t.day - 1) / 30.0,
+             "yearday": (t.dayofyear - 1) / 365.0}
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise UserError(f"unknown time feature(s) {', '.join(unknown)}; use some of {', '.join(table)}")
+    feats = np.stack([np.asarray(table[n], dtype=np.float64) for n in names], axis=1) if names \
+        else np.zeros((len(t), 0))
     return (feats - 0.5).astype(np.float32)
 
 
@@ -163,7 +173,7 @@ def chronological_split(n_steps: int, seq_len: int, pred_len: int,
 
 
 class WindowDataset(Dataset):
-    """Sliding windows over a standardized series: item ``i`` -> (x (L, D + 4), y (P, D)) float32, for
+    """Sliding windows over a standardized series: item ``i`` -> (x (L, D + M), y (P, D)) float32, for
     window starts ``start, start + stride, ... < stop``."""
 
     def __init__(self, values: np.ndarray, marks: np.ndarray, seq_len: int, pred_len: int,

@@ -5,9 +5,9 @@ instance-normalized per variable, split into ``n`` nodes of ``D / n`` variables,
 to a latent ``D′`` with value + temporal (calendar) + positional (sinusoidal over time) + node embeddings:
 ``(B, L, D) -> (B·n, L, D/n) -> (B·n, L, D′) -> (B·n, 1, H, W)`` with ``H = L, W = D′`` (so ``H·W = L·D′``).
 The unchanged UniRepLKNet (``in_chans=1``, no classifier) encodes every node's map; the head pools each
-node's last feature map to 2×2, concatenates the ``n`` nodes and maps them to the next ``pred_len`` steps of
-all ``D`` variables, plus a linear map of each variable's own window (a DLinear-style shortcut), then
-undoes the instance normalization.
+node's last feature map to 2×2, concatenates the ``n`` nodes and maps them to a correction (in instance-
+normalized units) of a per-variable linear forecast from the variable's own window (a DLinear-style
+shortcut).
 """
 
 from __future__ import annotations
@@ -64,7 +64,14 @@ class CorrformerEmbedder(nn.Module):
 
 
 class ForecastHead(nn.Module):
-    """Backbone features of every node (B·n, C, h, w) + context -> forecast (B, pred_len, D), original scale."""
+    """Backbone features of every node (B·n, C, h, w) + context -> forecast (B, pred_len, D).
+
+    ``y = linear(x) + deep(features) · std``: ``linear`` maps each variable's own window (as given, i.e. not
+    instance-normalized; weights (D, L, P), bias (D, P)) to its next ``pred_len`` steps, a DLinear-style
+    shortcut that starts as persistence (or at a least-squares fit, :meth:`init_linear`); ``deep`` (zero at
+    init) reads the backbone's pooled 2×2 maps of all nodes and predicts the correction in the window's
+    instance-normalized units.
+    """
 
     def __init__(self, n_vars: int, n_nodes: int, seq_len: int, pred_len: int, feat_dim: int,
                  pool: int = 2, dropout: float = 0.1) -> None:
@@ -75,14 +82,24 @@ class ForecastHead(nn.Module):
         self.deep = nn.Linear(n_nodes * feat_dim * pool * pool, pred_len * n_vars)
         nn.init.zeros_(self.deep.weight)
         nn.init.zeros_(self.deep.bias)
-        self.linear = nn.Linear(seq_len, pred_len)  # per variable, on its own normalized window
+        weight = torch.zeros(n_vars, seq_len, pred_len)
+        weight[:, -1, :] = 1.0  # persistence
+        self.linear_weight = nn.Parameter(weight)
+        self.linear_bias = nn.Parameter(torch.zeros(n_vars, pred_len))
+
+    @torch.no_grad()
+    def init_linear(self, coef: torch.Tensor) -> None:
+        """Set the shortcut from per-variable least-squares coefficients (D, L + 1, P) (last row: bias)."""
+        self.linear_weight.copy_(coef[:, :-1])
+        self.linear_bias.copy_(coef[:, -1])
 
     def forward(self, feats: torch.Tensor,
                 context: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         z, mean, std = context
         b = z.shape[0]
+        x = z * std + mean  # the window as given
         f = nn.functional.adaptive_avg_pool2d(feats, self.pool).flatten(1)  # (B·n, C·p²)
         f = self.drop(self.norm(f)).reshape(b, -1)
-        y = self.deep(f).reshape(b, self.pred_len, self.n_vars)
-        y = y + self.linear(z.transpose(1, 2)).transpose(1, 2)
-        return y * std + mean
+        deep = self.deep(f).reshape(b, self.pred_len, self.n_vars)
+        linear = torch.einsum("bld,dlp->bpd", x, self.linear_weight) + self.linear_bias.t()[None]
+        return linear + deep * std

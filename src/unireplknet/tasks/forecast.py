@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "seq_len": 48, "pred_len": 24, "d_model": 64, "n_nodes": None,  # None: one node per station
     "time_col": "timestamp", "variables": None,  # CSV data: the columns to forecast (None: weather's)
     "split": [0.7, 0.1, 0.2], "ridge_alpha": 1.0, "season": 24, "head_dropout": 0.1,
+    "time_features": ["hour", "weekday", "day", "yearday"],  # calendar inputs of the temporal embedding
+    "init_linear": True,  # start the head's linear shortcut at the ridge fit on the training windows
     "train_stride": 1,  # every train_stride-th training window per epoch (hourly windows overlap heavily)
 }
 
@@ -64,7 +66,7 @@ class ForecastTask(Task):
         std = series.values[:train_end].std(axis=0)
         std = np.where(std > 0, std, 1.0)
         values = (series.values - mean) / std
-        marks = time_features(series.timestamps)
+        marks = time_features(series.timestamps, list(a["time_features"]))
         strides = {"train": int(a["train_stride"]), "val": 1, "test": 1}
         sets = {k: WindowDataset(values, marks, seq_len, pred_len, *r, stride=strides[k]) for k, r in ranges.items()}
         n_nodes = int(a["n_nodes"] or len(series.stations))
@@ -88,7 +90,7 @@ class ForecastTask(Task):
         a, d = data.info["args"], len(data.info["columns"])
         backbone = _backbone_kwargs(cfg, 0, 1)
         emb = {"n_vars": d, "n_nodes": data.info["n_nodes"], "seq_len": int(a["seq_len"]),
-               "d_model": int(a["d_model"]), "n_time_feats": 4}
+               "d_model": int(a["d_model"]), "n_time_feats": len(a["time_features"])}
         head = {"n_vars": d, "n_nodes": data.info["n_nodes"], "seq_len": int(a["seq_len"]),
                 "pred_len": int(a["pred_len"]), "feat_dim": int(backbone["dims"][-1]),
                 "dropout": float(a["head_dropout"])}
@@ -100,6 +102,11 @@ class ForecastTask(Task):
 
         backbone, emb, head = self._specs(cfg, data)
         model = EmbedderModel(CorrformerEmbedder(**emb), build_backbone(cfg, backbone), ForecastHead(**head))
+        if data.info["args"]["init_linear"]:  # start the shortcut at the ridge fit (the linear baseline)
+            from unireplknet.data.timeseries import RidgeBaseline
+
+            ridge = RidgeBaseline(float(data.info["args"]["ridge_alpha"])).fit(*data.train.arrays())
+            model.head.init_linear(torch.as_tensor(ridge.coef, dtype=torch.float32))
         if cfg.finetune:
             from unireplknet.engine.checkpoint import load_run_checkpoint
             from unireplknet.models.checkpoint import load_checkpoint
@@ -118,7 +125,7 @@ class ForecastTask(Task):
                 "columns": data.info["columns"], "variables": data.info["variables"],
                 "mean": data.info["mean"], "std": data.info["std"], "seq_len": int(a["seq_len"]),
                 "pred_len": int(a["pred_len"]), "time_col": a["time_col"],
-                "input_size": [int(a["seq_len"]), len(data.info["columns"]) + 4],
+                "input_size": [int(a["seq_len"]), len(data.info["columns"]) + len(a["time_features"])],
                 "task_args": dict(a), "data": cfg.data}
 
     def model_label(self, cfg: Any) -> str:
