@@ -126,3 +126,23 @@ def test_module_sequences_and_maps_backprop() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
     xm, ym = torch.randn(2, 8, 6, 6, dtype=torch.float64), torch.randn(2, 8, 3, 3, dtype=torch.float64)
     assert m(xm, ym).shape == xm.shape
+
+
+def test_benchmark_models_share_the_parameter_budget() -> None:
+    """benchmarks/fusion_vs_attention.py compares like with like: equal fusion parameter counts, same output."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fusion_vs_attention.py"
+    spec = importlib.util.spec_from_file_location("fusion_vs_attention", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for dim in (16, 64):
+        asym, attn = bench.make_fusion("asymmetric", dim), bench.make_fusion("cross-attention", dim)
+        n = sum(p.numel() for p in asym.parameters())
+        assert n == sum(p.numel() for p in attn.parameters()) == 4 * dim * (dim + 1)
+    net = bench.TwoModalityNet("asymmetric", dim=8)
+    assert net(torch.randn(3, 1, 8, 8), torch.randn(3, bench.SERIES_LEN, 1)).shape == (3, 2)
+    rows = bench.cost_part([16], dim=8, batch=2, reps=1)
+    assert [r["fusion"] for r in rows] == ["asymmetric (conv)", "asymmetric (fft)", "cross-attention"]
+    assert all(r["saved_MiB"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)

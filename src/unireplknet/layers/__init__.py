@@ -1,5 +1,6 @@
 """Building blocks of UniRepLKNet (paper §3.2) and the re-parameterization math."""
 
+from unireplknet.layers.asymmetric_fusion import AsymmetricFusion, asymmetric_conv1d, asymmetric_conv2d
 from unireplknet.layers.dilated_reparam import DILATED_BRANCHES, DilatedReparamBlock
 from unireplknet.layers.drop import DropPath
 from unireplknet.layers.grn import GRN
@@ -10,6 +11,7 @@ from unireplknet.layers.scaled_linear import scaled_linear
 from unireplknet.layers.se import SEBlock
 
 __all__ = [
+    "AsymmetricFusion",
     "DILATED_BRANCHES",
     "GRN",
     "DilatedReparamBlock",
@@ -18,6 +20,8 @@ __all__ = [
     "SEBlock",
     "ToChannelsFirst",
     "ToChannelsLast",
+    "asymmetric_conv1d",
+    "asymmetric_conv2d",
     "dilate_kernel",
     "fuse_bn",
     "merge_bn_into_linear",
