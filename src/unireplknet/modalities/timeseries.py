@@ -87,6 +87,10 @@ class ForecastHead(nn.Module):
         self.linear_weight = nn.Parameter(weight)
         self.linear_bias = nn.Parameter(torch.zeros(n_vars, pred_len))
 
+    def no_weight_decay(self) -> set[str]:
+        """The linear shortcut is a forecast in its own right (started at least squares): no decay."""
+        return {"linear_weight", "linear_bias"}
+
     @torch.no_grad()
     def init_linear(self, coef: torch.Tensor) -> None:
         """Set the shortcut from per-variable least-squares coefficients (D, L + 1, P) (last row: bias)."""

@@ -54,6 +54,11 @@ class EmbedderModel(nn.Module):
         self.backbone.reparameterize()
         return self
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the optimizer should not decay (timm convention): the head's ``no_weight_decay``."""
+        names = getattr(self.head, "no_weight_decay", None)
+        return {f"head.{n}" for n in names()} if callable(names) else set()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if hasattr(self.backbone, "set_grad_checkpointing"):
             self.backbone.set_grad_checkpointing(enable)
