@@ -49,7 +49,7 @@ def test_train_audio_tiny_writes_summary_and_rebuildable_checkpoint(tmp_path: Pa
     monkeypatch.setenv("UNIREPLKNET_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "audio"
     assert main(["train", "--task", "audio", "--output", str(out), *COMMON, "--set", AUDIO_ARGS,
-                 "--batch-size", "4", "--epochs", "2", "--limit-train-batches", "2"]) == 0
+                 "--batch-size", "4", "--epochs", "2", "--limit-train-batches", "2", "--mixup", "0.2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "audio" and summary["status"] == "completed" and summary["steps"] == 4
     assert 0.0 <= summary["test_acc1"] <= 100.0 and summary["test_samples"] == 4  # held-out voice m8
