@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
 
 
+def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where the model's parameters live and their floating dtype (CPU/float32 for a parameterless model)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return device, dtype
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int] = (3, 224, 224),
                 opset: int | None = None) -> Path:
     """Export ``model`` (put in eval mode; re-parameterize it first for the deploy form) to ONNX at ``path``.
@@ -39,9 +47,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     was_training = model.training
     model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device, dtype = _device_and_dtype(model)
         dummy = torch.randn(2, *input_size, device=device, dtype=dtype)
         with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -77,9 +83,7 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, inputs: torch.Te
     was_training = model.training
     model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device, dtype = _device_and_dtype(model)
         with torch.no_grad():
             ref = model(inputs.to(device=device, dtype=dtype)).float().cpu().numpy()
     finally:
