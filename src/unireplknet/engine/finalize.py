@@ -4,7 +4,6 @@ predicts the same labels, save the deploy checkpoint, export and verify ONNX, wr
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -16,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unireplknet.data.datasets import drop_corrupt
-from unireplknet.engine.checkpoint import atomic_save, atomic_write_text, load_run_checkpoint, unwrap_model
+from unireplknet.engine.checkpoint import atomic_write_text
 from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
 from unireplknet.tasks.classification import model_label, topk_correct
 
@@ -60,25 +59,15 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
              run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool,
              world_size: int = 1) -> dict[str, Any]:
     """Write the deploy checkpoint, ONNX file, report and summary; returns the summary."""
-    from unireplknet.models.checkpoint import build_model_from_checkpoint
+    from unireplknet.tasks.base import best_and_deploy
 
-    best_path = run_dir / "best.pt"
-    paths: dict[str, str] = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"),
-                             "metrics": str(run_dir / "metrics.jsonl"), "last": str(run_dir / "last.pt"),
-                             "log": str(run_dir / "train.log")}
-    if best_path.is_file():
-        # a fresh model from the checkpoint (as users will load it): plain BatchNorm, no DDP/compile wrappers
-        model, _ = build_model_from_checkpoint(load_run_checkpoint(best_path))
-        paths["best"] = str(best_path)
-    else:
-        model = unwrap_model(model)
-    model.to(device).eval()
+    # the best weights rebuilt as users load them (plain BatchNorm, no DDP/compile wrappers), and the deploy
+    # form (re-parameterized; saved as deploy.pt), which must predict the same labels
+    model, deploy, paths = best_and_deploy(model, meta, run_dir, device)
     loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     if cfg.limit_val_batches:
         loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]
 
-    # re-parameterize: training form -> deploy form, which must predict the same labels
-    deploy = copy.deepcopy(model).reparameterize().eval()
     final = evaluate_both(model, deploy, loader, device, progress)
     same, deploy_diff = final["deploy_label_agreement"], final["deploy_max_abs_diff"]
     if same < 1.0:
@@ -86,10 +75,6 @@ def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, 
                     100 * (1 - same), deploy_diff)
     else:
         log.info("deploy form predicts the same labels (max |logit diff| %.2e)", deploy_diff)
-    deploy_meta = dict(meta, deploy=True)
-    atomic_save({"model": {k: v.detach().cpu() for k, v in deploy.state_dict().items()}, "meta": deploy_meta},
-                run_dir / "deploy.pt")
-    paths["deploy"] = str(run_dir / "deploy.pt")
 
     summary: dict[str, Any] = {
         "status": "completed",

@@ -9,7 +9,6 @@ report and ``summary.json``. No ONNX export: the point scatter has no portable O
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unireplknet.errors import UserError
-from unireplknet.tasks.base import Task, TaskData
+from unireplknet.tasks.base import Task, TaskData, best_and_deploy
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +146,12 @@ class EmbeddedClassificationTask(Task):
     def finalize(self, *, cfg: Any, model: nn.Module, meta: dict[str, Any], data: TaskData, run_dir: Path,
                  state: Any, device: torch.device, t_start: float, progress: bool,
                  world_size: int = 1) -> dict[str, Any]:
-        from unireplknet.engine.checkpoint import atomic_save, atomic_write_text, load_run_checkpoint, unwrap_model
+        from unireplknet.engine.checkpoint import atomic_write_text
         from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
-        from unireplknet.models.checkpoint import build_model_from_checkpoint
 
         run_dir = Path(run_dir)
         names = list(data.info["class_names"])
-        paths = {"run_dir": str(run_dir), "config": str(run_dir / "config.json"),
-                 "metrics": str(run_dir / "metrics.jsonl"), "last": str(run_dir / "last.pt"),
-                 "log": str(run_dir / "train.log")}
-        best = run_dir / "best.pt"
-        if best.is_file():
-            model, _ = build_model_from_checkpoint(load_run_checkpoint(best))
-            paths["best"] = str(best)
-        else:
-            model = unwrap_model(model)
-        model.to(device).eval()
-        deploy = copy.deepcopy(model).reparameterize().eval()
+        model, deploy, paths = best_and_deploy(model, meta, run_dir, device)
         splits = {"val": data.val} | ({"test": data.test} if data.test is not None else {})
         results = {}
         for split, ds in splits.items():
@@ -174,9 +162,6 @@ class EmbeddedClassificationTask(Task):
         diff = max(r["diff"] for r in results.values())
         if agree < 1.0:
             log.warning("deploy form disagrees on %.2f%% of the labels (max |diff| %.2e)", 100 * (1 - agree), diff)
-        atomic_save({"model": {k: v.detach().cpu() for k, v in deploy.state_dict().items()},
-                     "meta": dict(meta, deploy=True)}, run_dir / "deploy.pt")
-        paths["deploy"] = str(run_dir / "deploy.pt")
         summary: dict[str, Any] = {
             "status": "completed", "task": self.name, "model": self.model_label(cfg), "data": cfg.data,
             "test_acc1": test["acc1"], "test_macc": test["macc"], "test_loss": test["loss"],
