@@ -31,8 +31,6 @@ def test_audio_default_reaches_90_percent_on_held_out_voices_within_15_minutes(t
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 5 open: wind speed MSE 5.695 vs ridge 5.660 (docs/benchmarks.md); "
-                   "strict, so beating the baselines fails the run until this mark goes")
 def test_forecast_default_beats_the_baselines_on_temperature_and_wind(tmp_path: Path) -> None:
     pytest.importorskip("pvlib", reason="forecast extra not installed")
     out = tmp_path / "forecast"
