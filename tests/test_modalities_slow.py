@@ -14,8 +14,6 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 5 open: measured 76.95% on held-out voices in 10 min 50 s "
-                   "(docs/benchmarks.md); strict, so reaching the target fails the run until this mark goes")
 def test_audio_default_reaches_90_percent_on_held_out_voices_within_15_minutes(tmp_path: Path) -> None:
     pytest.importorskip("espeakng_loader", reason="audio extra not installed")
     out = tmp_path / "audio"
