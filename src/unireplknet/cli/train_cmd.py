@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+from unireplknet.cli._common import nonneg_int, positive_int
 from unireplknet.errors import UserError
 
 # flag -> config field (flags left unset keep the recipe's value)
@@ -26,26 +27,6 @@ _FIELD_FLAGS = {
     "limit_train_batches": "limit_train_batches", "limit_val_batches": "limit_val_batches",
     "save_interval_steps": "save_interval_steps", "export_onnx": "export_onnx", "clip_grad": "clip_grad",
 }
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,15 +46,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", metavar="DIR",
                    help="ImageFolder root with train/ and val/ class folders, or 'digits'")
     g.add_argument("--model", metavar="NAME", help="model name, e.g. unireplknet_a ... unireplknet_h")
-    g.add_argument("--epochs", type=_positive_int, metavar="N")
-    g.add_argument("--batch-size", type=_positive_int, metavar="N", help="per process")
+    g.add_argument("--epochs", type=positive_int, metavar="N")
+    g.add_argument("--batch-size", type=positive_int, metavar="N", help="per process")
     g.add_argument("--output", metavar="DIR", help="run folder (default: runs/train-<time>)")
     g.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                    help="continue a run: from <output>/last.pt, or from the checkpoint/run folder given")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     g.add_argument("--seed", type=int)
-    g.add_argument("--workers", type=_nonneg_int, metavar="N", help="data loader processes per rank")
+    g.add_argument("--workers", type=nonneg_int, metavar="N", help="data loader processes per rank")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (VALUE parsed as JSON when it can be), repeatable")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -85,12 +66,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--warmup-epochs", type=float)
     o.add_argument("--layer-decay", type=float, help="layer-wise lr decay (fine-tuning)")
     o.add_argument("--clip-grad", type=float)
-    o.add_argument("--accum-steps", type=_positive_int, metavar="N", help="gradient accumulation")
+    o.add_argument("--accum-steps", type=positive_int, metavar="N", help="gradient accumulation")
     o.add_argument("--drop-path", type=float)
     o.add_argument("--mixup", type=float)
     o.add_argument("--cutmix", type=float)
     o.add_argument("--smoothing", type=float)
-    o.add_argument("--img-size", type=_positive_int)
+    o.add_argument("--img-size", type=positive_int)
     o.add_argument("--model-ema", action="store_true", default=None)
     o.add_argument("--model-ema-decay", type=float)
     o.add_argument("--pretrained", action="store_true", default=None, help="start from the official weights")
@@ -101,11 +82,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--channels-last", action="store_true", default=None)
     f.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     s = p.add_argument_group("short runs")
-    s.add_argument("--max-steps", type=_positive_int, metavar="N",
+    s.add_argument("--max-steps", type=positive_int, metavar="N",
                    help="stop after N optimizer steps in total")
-    s.add_argument("--limit-train-batches", type=_positive_int, metavar="N")
-    s.add_argument("--limit-val-batches", type=_positive_int, metavar="N")
-    s.add_argument("--save-interval-steps", type=_nonneg_int, metavar="N",
+    s.add_argument("--limit-train-batches", type=positive_int, metavar="N")
+    s.add_argument("--limit-val-batches", type=positive_int, metavar="N")
+    s.add_argument("--save-interval-steps", type=nonneg_int, metavar="N",
                    help="also checkpoint every N steps (default: at epoch ends)")
     p.set_defaults(func=run)
 
