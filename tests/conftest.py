@@ -36,6 +36,12 @@ def official_settings() -> dict:
     return json.loads(_require(REFERENCE_DIR / "official_settings.json").read_text())
 
 
+def dwconv_reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise 'same' convolution in float64 through F.conv2d: the reference for the fast op."""
+    return torch.nn.functional.conv2d(x.double(), w.double(), None if b is None else b.double(),
+                                      padding=w.shape[-1] // 2, groups=w.shape[0])
+
+
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖."""
     a, b = a.detach(), b.detach()

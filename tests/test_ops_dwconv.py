@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import dwconv_reference as _ref
 from unireplknet.ops import ENV_VAR, DepthwiseConv2d, dispatch, dwconv2d
 from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu, weight_grad_gemm
 
@@ -21,11 +22,6 @@ KS = [3, 5, 7, 9, 13, 17, 31, 51]
 @pytest.fixture(autouse=True)
 def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_VAR, raising=False)
-
-
-def _ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=w.shape[-1] // 2,
-                    groups=w.shape[0])
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ DEV = "cuda" if CUDA else "cpu"
 _saved = os.environ.get("TRITON_INTERPRET")
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+from tests.conftest import dwconv_reference as _ref  # noqa: E402
 from unireplknet.ops import DepthwiseConv2d, dwconv2d  # noqa: E402
 from unireplknet.ops import triton_kernels as tk  # noqa: E402
 from unireplknet.ops.autograd import dwconv2d_triton  # noqa: E402
@@ -42,11 +43,6 @@ def _interpreter_env(monkeypatch: pytest.MonkeyPatch) -> None:
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("UNIREPLKNET_DWCONV_BACKEND", raising=False)
-
-
-def _ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    return F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=w.shape[-1] // 2,
-                    groups=w.shape[0])
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
