@@ -1,0 +1,241 @@
+"""UPerNet segmenter: shapes, exact re-parameterization, lr-decay groups, loss, and checkpoint loading
+(MMSegmentation naming checked against a float64 functional UPerNet written from that naming)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay
+
+from tests.conftest import rel_error
+from unireplknet.analysis.complexity import randomize_reparam_terms
+from unireplknet.errors import CheckpointError
+from unireplknet.models.segmentation import (
+    MODELS,
+    SegmentationLoss,
+    UPerNet,
+    load_backbone,
+    load_segmenter,
+)
+from unireplknet.models.unireplknet import UniRepLKNet
+from unireplknet.models.variants import VARIANTS
+
+TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (7,), (9, 3), (5,)))
+
+
+def tiny(num_classes: int = 4, **kwargs) -> UPerNet:
+    return UPerNet(num_classes=num_classes, channels=16, aux_channels=8, **TINY, **kwargs)
+
+
+def test_forward_returns_logits_at_input_size_and_aux_in_training():
+    torch.manual_seed(0)
+    model = tiny(num_classes=5)
+    x = torch.randn(2, 3, 45, 61)
+    logits, aux = model(x)
+    assert logits.shape == aux.shape == (2, 5, 45, 61)
+    model.eval()
+    assert model(x).shape == (2, 5, 45, 61)
+    assert UPerNet(num_classes=3, channels=16, aux_channels=0, **TINY).train()(x).shape == (2, 3, 45, 61)
+
+
+def test_reparameterize_is_exact_in_float64():
+    torch.manual_seed(1)
+    model = randomize_reparam_terms(tiny(), torch.Generator().manual_seed(1)).double().eval()
+    x = torch.randn(2, 3, 40, 56, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        after = model.reparameterize()(x)
+    assert model.deploy
+    assert rel_error(after, before) < 1e-10
+
+
+def test_gradient_checkpointing_keeps_outputs_and_gradients():
+    torch.manual_seed(2)
+    model = tiny().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(3)  # same dropout masks
+        model.zero_grad()
+        logits, aux = model(x)
+        (logits.square().mean() + aux.mean()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert rel_error(grads[1], grads[0]) < 1e-10
+
+
+def test_layer_decay_groups_put_stem_first_and_heads_last():
+    model = tiny()
+    layers = group_parameters(model, model.group_matcher(), reverse=True)
+    last = max(layers.values())
+    assert layers["backbone.downsample_layers.0.0.weight"] == 0
+    assert all(v == last for k, v in layers.items() if k.startswith(("decode_head.", "aux_head.")))
+    assert layers["backbone.stages.0.0.pwconv1.1.weight"] < layers["backbone.stages.3.0.pwconv1.1.weight"] < last
+    groups = param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.5)
+    scale = {name: g["lr_scale"] for g in groups for name in g["param_names"]} if "param_names" in groups[0] \
+        else None
+    if scale is not None:
+        assert scale["decode_head.classifier.weight"] == 1.0
+    assert {g["lr_scale"] for g in groups} >= {1.0, 0.5 ** last}
+    assert any(".act.1." in n for n in model.no_weight_decay())
+
+
+def test_segmentation_loss_matches_masked_cross_entropy_and_weights_aux():
+    torch.manual_seed(4)
+    logits, aux = torch.randn(2, 3, 5, 6, dtype=torch.float64), torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[0, :2] = 255
+    keep = target != 255
+
+    def ce(z):
+        logp = z.log_softmax(1).permute(0, 2, 3, 1)[keep]  # (P, K)
+        return -logp.gather(1, target[keep][:, None]).mean()
+
+    loss_fn = SegmentationLoss()
+    assert torch.allclose(loss_fn(logits, target), ce(logits))
+    assert torch.allclose(loss_fn((logits, aux), target), ce(logits) + 0.4 * ce(aux))
+    z = logits.clone().requires_grad_()
+    empty = loss_fn(z, torch.full_like(target, 255))
+    empty.backward()
+    assert empty.item() == 0.0 and z.grad is not None
+
+
+def test_builders_cover_every_size_a_to_xl():
+    assert sorted(MODELS) == sorted(f"upernet_{n}" for n in VARIANTS if n != "unireplknet_h")
+    for name, build in MODELS.items():
+        with torch.device("meta"):
+            model = build(num_classes=19)
+        assert model.backbone.dims == VARIANTS[name.removeprefix("upernet_")].dims
+        assert model.decode_head.classifier.out_channels == model.aux_head.classifier.out_channels == 19
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------------
+
+def _conv_module(prefix: str, cin: int, cout: int, k: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """An mmcv ConvModule's keys: bias-free conv, then BatchNorm."""
+    return {f"{prefix}.conv.weight": torch.randn(cout, cin, k, k, generator=gen, dtype=torch.float64) * 0.2,
+            f"{prefix}.bn.weight": torch.rand(cout, generator=gen, dtype=torch.float64) + 0.5,
+            f"{prefix}.bn.bias": torch.randn(cout, generator=gen, dtype=torch.float64) * 0.1,
+            f"{prefix}.bn.running_mean": torch.randn(cout, generator=gen, dtype=torch.float64) * 0.1,
+            f"{prefix}.bn.running_var": torch.rand(cout, generator=gen, dtype=torch.float64) + 0.5,
+            f"{prefix}.bn.num_batches_tracked": torch.tensor(7)}
+
+
+def mmseg_state_dict(backbone: dict, dims, channels: int, aux_channels: int, k: int) -> dict[str, torch.Tensor]:
+    """A UPerNet state dict named as MMSegmentation's UPerHead (PPM scales 1,2,3,6) and FCNHead (1 conv) name it."""
+    gen = torch.Generator().manual_seed(5)
+    sd = {f"backbone.{n}": v.double() for n, v in backbone.items()}
+    for i in range(4):
+        sd |= _conv_module(f"decode_head.psp_modules.{i}.1", dims[-1], channels, 1, gen)
+    sd |= _conv_module("decode_head.bottleneck", dims[-1] + 4 * channels, channels, 3, gen)
+    for i in range(3):
+        sd |= _conv_module(f"decode_head.lateral_convs.{i}", dims[i], channels, 1, gen)
+        sd |= _conv_module(f"decode_head.fpn_convs.{i}", channels, channels, 3, gen)
+    sd |= _conv_module("decode_head.fpn_bottleneck", 4 * channels, channels, 3, gen)
+    sd["decode_head.conv_seg.weight"] = torch.randn(k, channels, 1, 1, generator=gen, dtype=torch.float64)
+    sd["decode_head.conv_seg.bias"] = torch.randn(k, generator=gen, dtype=torch.float64)
+    sd |= _conv_module("auxiliary_head.convs.0", dims[2], aux_channels, 3, gen)
+    sd["auxiliary_head.conv_seg.weight"] = torch.randn(k, aux_channels, 1, 1, generator=gen, dtype=torch.float64)
+    sd["auxiliary_head.conv_seg.bias"] = torch.randn(k, generator=gen, dtype=torch.float64)
+    return sd
+
+
+def reference_uperhead(sd: dict, features: list[torch.Tensor]) -> torch.Tensor:
+    """UPerHead in eval mode straight from MMSeg-named weights: the structure of dense_prediction.md."""
+    def cm(prefix, x):
+        w = sd[f"{prefix}.conv.weight"]
+        y = F.conv2d(x, w, padding=w.shape[-1] // 2)
+        y = F.batch_norm(y, sd[f"{prefix}.bn.running_mean"], sd[f"{prefix}.bn.running_var"],
+                         sd[f"{prefix}.bn.weight"], sd[f"{prefix}.bn.bias"], False, 0.0, 1e-5)
+        return y.relu()
+
+    def up(x, size):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    top = features[3]
+    psp = [top] + [up(cm(f"decode_head.psp_modules.{i}.1", F.adaptive_avg_pool2d(top, s)), top.shape[-2:])
+                   for i, s in enumerate((1, 2, 3, 6))]
+    laterals = [cm(f"decode_head.lateral_convs.{i}", features[i]) for i in range(3)]
+    laterals.append(cm("decode_head.bottleneck", torch.cat(psp, 1)))
+    for i in (3, 2, 1):
+        laterals[i - 1] = laterals[i - 1] + up(laterals[i], laterals[i - 1].shape[-2:])
+    outs = [cm(f"decode_head.fpn_convs.{i}", laterals[i]) for i in range(3)] + [laterals[3]]
+    outs = [outs[0]] + [up(o, outs[0].shape[-2:]) for o in outs[1:]]
+    fused = cm("decode_head.fpn_bottleneck", torch.cat(outs, 1))
+    return F.conv2d(fused, sd["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.bias"])
+
+
+def test_mmseg_named_checkpoint_loads_through_the_key_map_and_computes_uperhead():
+    torch.manual_seed(6)
+    model = tiny(num_classes=6).double()
+    backbone = randomize_reparam_terms(model.backbone).state_dict()
+    sd = mmseg_state_dict(backbone, TINY["dims"], channels=16, aux_channels=8, k=6)
+    load_segmenter(model, {"meta": {"CLASSES": ["a"] * 6}, "state_dict": sd})
+    model.eval()
+    assert torch.equal(model.aux_head.conv.conv.weight, sd["auxiliary_head.convs.0.conv.weight"])
+    assert torch.equal(model.decode_head.ppm_convs[3].bn.running_var, sd["decode_head.psp_modules.3.1.bn.running_var"])
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        features = model.backbone(x)
+        ours = model.decode_head(features)
+        expected = reference_uperhead(sd, features)
+        full = model(x)
+    assert rel_error(ours, expected) < 1e-12
+    assert rel_error(full, F.interpolate(expected, size=(64, 96), mode="bilinear", align_corners=False)) < 1e-12
+
+
+def test_checkpoint_without_aux_head_loads_and_keeps_a_fresh_aux_head(tmp_path):
+    model = tiny(num_classes=6)
+    sd = mmseg_state_dict(model.backbone.state_dict(), TINY["dims"], 16, 8, 6)
+    no_aux = {k: v.float() for k, v in sd.items() if not k.startswith("auxiliary_head.")}
+    torch.save({"state_dict": no_aux}, tmp_path / "upernet.pth")
+    load_segmenter(model, tmp_path / "upernet.pth")
+    assert torch.equal(model.decode_head.classifier.bias, no_aux["decode_head.conv_seg.bias"])
+    broken = dict(no_aux)
+    broken.pop("decode_head.fpn_bottleneck.conv.weight")
+    with pytest.raises(CheckpointError, match="fpn_fuse"):
+        load_segmenter(tiny(num_classes=6), {"state_dict": broken})
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_segmenter(tiny(num_classes=5), {"state_dict": no_aux})
+
+
+def test_classification_checkpoint_loads_into_the_backbone(tmp_path):
+    torch.manual_seed(7)
+    classifier = UniRepLKNet(num_classes=10, **TINY)
+    torch.save({"model": classifier.state_dict()}, tmp_path / "cls.pth")
+    model = tiny()
+    fresh_norm = model.backbone.norm2.weight.clone()
+    load_backbone(model, tmp_path / "cls.pth")
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in classifier.state_dict().items() if not k.startswith(("norm", "head")))
+    assert torch.equal(model.backbone.norm2.weight, fresh_norm)
+    with pytest.raises(CheckpointError, match="classification checkpoint"):
+        load_segmenter(model, tmp_path / "cls.pth")
+    bigger = UniRepLKNet(num_classes=10, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
+                         kernel_sizes=TINY["kernel_sizes"])
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_backbone(model, bigger.state_dict())
+
+
+def test_dense_checkpoint_backbone_part_loads_with_its_stage_norms():
+    source = tiny(num_classes=6)
+    with torch.no_grad():
+        source.backbone.norm1.weight.fill_(3.0)
+    dense = {f"backbone.{k}": v for k, v in source.backbone.state_dict().items()} | {
+        "decode_head.conv_seg.weight": torch.zeros(150, 16, 1, 1)}
+    model = tiny(num_classes=9)
+    load_backbone(model, {"state_dict": dense})
+    assert torch.equal(model.backbone.norm1.weight, source.backbone.norm1.weight)
+    with pytest.raises(CheckpointError, match="backbone only"):
+        load_segmenter(model, {k: v for k, v in dense.items() if k.startswith("backbone.")})
+
+
+def test_builder_loads_a_backbone_file(tmp_path):
+    variant = VARIANTS["unireplknet_a"]
+    classifier = UniRepLKNet(num_classes=3, depths=variant.depths, dims=variant.dims)
+    torch.save(classifier.state_dict(), tmp_path / "a.pth")
+    model = MODELS["upernet_unireplknet_a"](num_classes=7, pretrained_backbone=tmp_path / "a.pth", deploy=True)
+    assert model.deploy
+    assert model.decode_head.classifier.out_channels == 7
