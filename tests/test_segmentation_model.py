@@ -16,6 +16,7 @@ from unireplknet.models.segmentation import (
     MODELS,
     SegmentationLoss,
     UPerNet,
+    adaptive_avg_pool,
     load_backbone,
     load_segmenter,
 )
@@ -239,3 +240,22 @@ def test_builder_loads_a_backbone_file(tmp_path):
     model = MODELS["upernet_unireplknet_a"](num_classes=7, pretrained_backbone=tmp_path / "a.pth", deploy=True)
     assert model.deploy
     assert model.decode_head.classifier.out_channels == 7
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (7, 13), (2, 2)])
+def test_export_form_of_adaptive_pooling_matches_torch(monkeypatch, hw):
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    expected = [F.adaptive_avg_pool2d(x, s) for s in (1, 2, 3, 6)]
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    for s, ref in zip((1, 2, 3, 6), expected):
+        assert torch.allclose(adaptive_avg_pool(x, s), ref, rtol=0, atol=1e-12)
+
+
+def test_onnx_export_with_dynamic_batch_matches_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs the train extra")
+    from unireplknet.engine.export import export_onnx, verify_onnx
+
+    torch.manual_seed(8)
+    model = tiny(num_classes=5).eval().reparameterize()
+    export_onnx(model, tmp_path / "seg.onnx", (3, 64, 96))  # 2×3 last map: pools 3 and 6 do not divide it
+    assert verify_onnx(model, tmp_path / "seg.onnx", torch.randn(3, 3, 64, 96)) < 1e-4

@@ -87,9 +87,9 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
         along = ((xx - x0) * (x1 - x0) + (yy - y0) * (y1 - y0)) / length ** 2
         image[(dist <= rng.uniform(0.5, 1.3) * scale) & (along >= 0) & (along <= 1)] = rng.uniform(0.3, 0.8)
     label = np.zeros((size, size), dtype=np.int64)
-    beacon_radius = 2.2 * scale
+    beacon_radius = 3.0 * scale
     count = int(rng.integers(objects[0], objects[1] + 1))
-    for cy, cx, r, by, bx in _place_objects(rng, size, count, (6 * scale, 11 * scale), (8 * scale, 20 * scale),
+    for cy, cx, r, by, bx in _place_objects(rng, size, count, (7 * scale, 12 * scale), (5 * scale, 14 * scale),
                                             beacon_radius):
         cls = int(rng.integers(1, num_object_classes + 1))
         mask = _object_mask(yy, xx, cy, cx, r, rng)
@@ -97,8 +97,10 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
         shade = rng.uniform(0.3, 0.9)
         while abs(shade - local) < 0.15:
             shade = rng.uniform(0.3, 0.9)
-        image[mask] = shade
-        label[mask] = cls
+        phi, period = rng.uniform(0, np.pi), rng.uniform(3, 5) * scale  # stripes: objects are easy to find ...
+        stripes = np.sign(np.sin(2 * np.pi * (xx * np.cos(phi) + yy * np.sin(phi)) / period))
+        image[mask] = (shade + rng.uniform(0.08, 0.15) * stripes[mask])[:, None]
+        label[mask] = cls  # ... and only their beacon tells which class they are
         hue = (cls - 1) / num_object_classes + rng.uniform(-0.03, 0.03)
         image[(yy - by) ** 2 + (xx - bx) ** 2 <= beacon_radius ** 2] = colorsys.hsv_to_rgb(
             hue % 1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))

@@ -34,6 +34,22 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; while exporting to ONNX, which cannot pool to a size that does not
+    divide the input's, the same bins as two constant averaging matrices: (size, H) @ x @ (W, size)."""
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(x, size)
+
+    def bins(n: int) -> torch.Tensor:
+        i = torch.arange(size)
+        start, end = i * n // size, -(-(i + 1) * n // size)  # floor and ceil, as adaptive pooling
+        inside = (torch.arange(n) >= start[:, None]) & (torch.arange(n) < end[:, None])
+        return inside.to(x.dtype) / (end - start)[:, None].to(x.dtype)
+
+    h, w = (int(n) for n in x.shape[-2:])
+    return bins(h) @ x @ bins(w).T
+
+
 class ConvBNReLU(nn.Sequential):
     """k×k conv (no bias, 'same' padding) + BatchNorm + ReLU; children ``conv``/``bn`` as in mmcv's ConvModule."""
 
@@ -74,7 +90,7 @@ class UPerHead(nn.Module):
 
     def pyramid_pooling(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) -> (N, channels, h, w): x concatenated with its pooled-and-upsampled context, fused."""
-        pooled = [resize(conv(F.adaptive_avg_pool2d(x, scale)), x.shape[-2:])
+        pooled = [resize(conv(adaptive_avg_pool(x, scale)), x.shape[-2:])
                   for scale, conv in zip(self.pool_scales, self.ppm_convs)]
         return self.ppm_fuse(torch.cat([x, *pooled], dim=1))
 
