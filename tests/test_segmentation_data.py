@@ -17,7 +17,7 @@ from unireplknet.data.segmentation import (
     photometric_distortion,
     segmentation_dataset,
 )
-from unireplknet.data.synth_segmentation import BeaconsDataset, _place_objects, class_names, make_sample
+from unireplknet.data.synth_segmentation import BeaconsDataset, class_names, make_sample
 from unireplknet.errors import UserError
 from unireplknet.tasks.segmentation import palette
 
@@ -206,12 +206,18 @@ def test_beacons_are_deterministic_by_seed_split_and_index():
     assert image.shape == (96, 96, 3) and label.shape == (96, 96) and label.max() <= 4
 
 
-def test_each_beacon_is_off_every_object_and_nearest_its_own():
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        for cy, cx, r, by, bx in (placed := _place_objects(rng, 64, 3, (6, 11), (8, 20), 2.2)):
-            own = np.hypot(by - cy, bx - cx) - r
-            assert 8 <= own <= 20 and 2.2 <= by <= 62 and 2.2 <= bx <= 62
-            for oy, ox, orad, _, _ in placed:
-                if (oy, ox) != (cy, cx):
-                    assert np.hypot(by - oy, bx - ox) - orad > 1.5 * own
+def test_every_object_takes_the_class_of_the_one_beacon_far_from_it():
+    import colorsys
+
+    for i in range(20):
+        image, label = make_sample(np.random.default_rng(i))
+        classes = set(np.unique(label).tolist()) - {0}
+        assert len(classes) == 1  # one beacon per image sets every object's class
+        rgb = image.reshape(-1, 3) / 255.0
+        hsv = np.array([colorsys.rgb_to_hsv(*p) for p in rgb]).reshape(64, 64, 3)
+        ys, xs = np.nonzero((hsv[..., 1] > 0.6) & (hsv[..., 2] > 0.6))
+        by, bx = np.median(ys), np.median(xs)
+        hue = np.median(hsv[ys, xs, 0])
+        assert round(hue * 4) % 4 + 1 == classes.pop()
+        oy, ox = np.nonzero(label)
+        assert np.hypot(oy - by, ox - bx).min() >= 5 + 6 - 1.5  # beacon radius + gap, pixel rounding

@@ -1,12 +1,12 @@
-"""The embedded segmentation dataset ("beacons"): an object's class is set by a marker away from it.
+"""The embedded segmentation dataset ("beacons"): the objects' class is set by a marker away from them.
 
-Each ``size``×``size`` image shows 2–3 grey objects (ellipses and rotated rectangles of random size, shade and
-noise: their look says nothing about their class) on a dull, noisy gradient with thin grey clutter strokes.
-Every object has a *beacon*, a small saturated disc of one of ``num_object_classes`` hues placed
-``gap`` pixels beyond the object's edge in a random direction, nearer to its own object than to any other;
-the object's pixels take the class of its beacon's hue. Beacons and everything else are background (0).
-So labelling an object needs context ``gap`` + the object's size away (24–50 px at 64² by default), farther
-than a stack of 3×3 convs sees in its early layers: the paper's case for large kernels on dense tasks.
+Each ``size``×``size`` image shows 2–4 striped grey objects (ellipses and rotated rectangles of random size,
+shade and stripe angle: their look says nothing about their class) among plain grey decoy discs and thin grey
+strokes on a dull, noisy gradient, and one *beacon*: a saturated disc in one of ``num_object_classes`` hues,
+``min_gap`` (6) pixels or more from every object. Every object takes the class of the beacon's hue;
+the beacon, the decoys and the rest are background (0). So the far side of an object is 20–50 px (at 64²)
+from the only evidence of its class, farther than a stack of 3×3 convs sees in its early layers: the paper's
+case for large kernels on dense tasks.
 
 Deterministic: sample ``i`` of a split comes from ``numpy.random.default_rng((seed, split, i))``.
 """
@@ -44,38 +44,27 @@ def _object_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: f
     return (np.abs(u) <= half) & (np.abs(v) <= half * aspect)
 
 
-def _place_objects(rng: np.random.Generator, size: int, count: int, radius: tuple[float, float],
-                   gap: tuple[float, float], beacon_radius: float) -> list[tuple[float, float, float, float, float]]:
-    """(cy, cx, r, by, bx) per object: disjoint objects, each beacon off every object and nearest its own."""
-    placed: list[tuple[float, float, float, float, float]] = []
-    margin = beacon_radius + 1
-    for _ in range(400):
-        if len(placed) == count:
-            break
-        r = rng.uniform(*radius)
-        cy, cx = rng.uniform(r + 1, size - r - 1, 2)
-        if any(np.hypot(cy - o[0], cx - o[1]) < r + o[2] + 4 for o in placed):
-            continue
-        theta, d = rng.uniform(0, 2 * np.pi), r + rng.uniform(*gap)
-        by, bx = cy + d * np.sin(theta), cx + d * np.cos(theta)
-        if not (margin <= by <= size - margin and margin <= bx <= size - margin):
-            continue
-        own = d - r
-        ok = all(np.hypot(by - o[0], bx - o[1]) - o[2] > max(1.6 * own, own + 6) for o in placed) and \
-            all(np.hypot(o[3] - cy, o[4] - cx) - r > max(1.6 * (np.hypot(o[3] - o[0], o[4] - o[1]) - o[2]),
-                                                         np.hypot(o[3] - o[0], o[4] - o[1]) - o[2] + 6)
-                for o in placed)
-        if ok:
-            placed.append((cy, cx, r, by, bx))
-    return placed
+def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float) -> np.ndarray:
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+
+
+def _free_spot(rng: np.random.Generator, size: int, radius: float, taken: list[tuple[float, float, float]],
+               clearance: float) -> tuple[float, float] | None:
+    """A centre for a disc of ``radius`` inside the image, ``clearance`` px from every taken disc; None if none."""
+    for _ in range(100):
+        cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
+        if all(np.hypot(cy - y, cx - x) >= radius + r + clearance for y, x, r in taken):
+            return cy, cx
+    return None
 
 
 def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: int = 4,
-                objects: tuple[int, int] = (2, 3)) -> tuple[np.ndarray, np.ndarray]:
+                objects: tuple[int, int] = (2, 4), beacon_radius: float = 5.0,
+                min_gap: float = 6.0, radius: tuple[float, float] = (8.0, 14.0)) -> tuple[np.ndarray, np.ndarray]:
     """One image (size, size, 3) uint8 and its label map (size, size) int64 (0 = background)."""
     scale = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    # Background: a dull gradient between two low-saturation colours, noise, thin grey strokes.
+    # Background: a dull gradient between two low-saturation colours, thin grey strokes.
     c0, c1 = (np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.25, 0.75)))
               for _ in range(2))
     t = ((xx * np.cos(a := rng.uniform(0, 2 * np.pi)) + yy * np.sin(a)) / size + 1) / 2
@@ -87,23 +76,33 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
         along = ((xx - x0) * (x1 - x0) + (yy - y0) * (y1 - y0)) / length ** 2
         image[(dist <= rng.uniform(0.5, 1.3) * scale) & (along >= 0) & (along <= 1)] = rng.uniform(0.3, 0.8)
     label = np.zeros((size, size), dtype=np.int64)
-    beacon_radius = 3.0 * scale
-    count = int(rng.integers(objects[0], objects[1] + 1))
-    for cy, cx, r, by, bx in _place_objects(rng, size, count, (7 * scale, 12 * scale), (5 * scale, 14 * scale),
-                                            beacon_radius):
-        cls = int(rng.integers(1, num_object_classes + 1))
-        mask = _object_mask(yy, xx, cy, cx, r, rng)
-        local = float(image[int(cy), int(cx)].mean())  # keep the object visible against its background
+    cls = int(rng.integers(1, num_object_classes + 1))
+    beacon_radius *= scale
+    taken = [(*rng.uniform(beacon_radius + 1, size - beacon_radius - 1, 2), beacon_radius)]
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
+        r = rng.uniform(*radius) * scale
+        spot = _free_spot(rng, size, r, taken, min_gap * scale)
+        if spot is None:
+            continue
+        taken.append((*spot, r))
+        mask = _object_mask(yy, xx, *spot, r, rng)
+        local = float(image[int(spot[0]), int(spot[1])].mean())  # keep the object visible on its background
         shade = rng.uniform(0.3, 0.9)
         while abs(shade - local) < 0.15:
             shade = rng.uniform(0.3, 0.9)
         phi, period = rng.uniform(0, np.pi), rng.uniform(3, 5) * scale  # stripes: objects are easy to find ...
         stripes = np.sign(np.sin(2 * np.pi * (xx * np.cos(phi) + yy * np.sin(phi)) / period))
         image[mask] = (shade + rng.uniform(0.08, 0.15) * stripes[mask])[:, None]
-        label[mask] = cls  # ... and only their beacon tells which class they are
-        hue = (cls - 1) / num_object_classes + rng.uniform(-0.03, 0.03)
-        image[(yy - by) ** 2 + (xx - bx) ** 2 <= beacon_radius ** 2] = colorsys.hsv_to_rgb(
-            hue % 1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))
+        label[mask] = cls  # ... but only the beacon tells their class
+    for _ in range(rng.integers(0, 3)):  # plain grey decoys shaped like the beacon
+        r = rng.uniform(3, 6) * scale
+        if (spot := _free_spot(rng, size, r, taken, 2 * scale)) is not None:
+            taken.append((*spot, r))
+            image[_disc(yy, xx, *spot, r)] = rng.uniform(0.2, 0.9)
+    by, bx, _ = taken[0]
+    hue = (cls - 1) / num_object_classes + rng.uniform(-0.03, 0.03)
+    image[_disc(yy, xx, by, bx, beacon_radius)] = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.75, 1.0),
+                                                                       rng.uniform(0.75, 1.0))
     image = image + rng.normal(0, 0.05, image.shape)
     return (image.clip(0, 1) * 255).round().astype(np.uint8), label
 
