@@ -119,7 +119,7 @@ def test_corrupt_images_are_counted_and_skipped(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train(out, "--data", str(data), "--epochs", "2", "--batch-size", "4", "--no-export") == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["corrupt_images"] >= 3  # each broken file is met every epoch
+    assert summary["corrupt_samples"] >= 3  # each broken file is met every epoch
     assert "skipping unreadable image" in (out / "train.log").read_text()
 
 

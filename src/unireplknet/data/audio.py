@@ -1,5 +1,5 @@
 """Audio datasets: fixed-length waveform clips with labels, from the Speech Commands v2 layout, a generic
-"one folder per label" layout, or arrays in memory (the embedded synthesized words).
+"one folder per label" layout, or arrays in memory (the built-in synthesized words).
 
 Samples are ``(wave (N,) float32 in [-1, 1], label)``; the fbank is computed on the batch by the model's
 embedder (:mod:`unireplknet.modalities.audio`). Files are decoded with soundfile.
@@ -165,7 +165,7 @@ def audio_splits(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[st
     """Detect the layout of ``root`` -> (splits, class names, layout name); UserErrors for empty data."""
     if not root.is_dir():
         raise UserError(f"audio folder '{root}' does not exist; pass --data DIR (Speech Commands layout or "
-                        "one folder per label) or leave --data out for the embedded spoken words")
+                        "one folder per label) or leave --data out for the built-in spoken words")
     if (root / "validation_list.txt").is_file() and (root / "testing_list.txt").is_file():
         splits, names = speech_commands_splits(root)
         layout = "speech_commands"

@@ -1,4 +1,4 @@
-"""The embedded spoken-words dataset: words synthesized offline with eSpeak NG (the library and voices
+"""The built-in spoken-words dataset: words synthesized offline with eSpeak NG (the library and voices
 shipped by the ``espeakng-loader`` wheel), many voices, speeds and pitches; cached as one ``.npz``.
 
 Clips are 16 kHz mono int16, padded/cropped to ``clip_seconds`` with the word at a random offset. Voices
@@ -52,7 +52,7 @@ class _ESpeak:
         try:
             import espeakng_loader
         except ImportError as err:
-            raise UserError("the embedded speech dataset needs eSpeak NG: pip install 'unireplknet[audio]' "
+            raise UserError("the built-in speech dataset needs eSpeak NG: pip install 'unireplknet[audio]' "
                             "(espeakng-loader), or pass --data DIR with audio files") from err
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.libc = ctypes.CDLL(None)

@@ -6,7 +6,6 @@ add a ``'meta'`` entry (model name, constructor kwargs, deploy flag, class names
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {detail}); "
-                              "is it truncated, or not a checkpoint?") from err
+    except Exception as err:  # torch.load fails in many ways on a file that is not a checkpoint
+        if "unsupported global" in str(err).lower():  # pickled objects or code: never loaded (nor advised)
+            raise CheckpointError(f"cannot read {path}: it holds Python objects or code, not only tensors, so it is "
+                                  "not a checkpoint this library can load safely") from err
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); it is truncated "
+                              "or not a checkpoint") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a dict of them")
     return dict(obj)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from unireplknet.layers import LayerNorm2d
 from unireplknet.models.unireplknet import UniRepLKNet
@@ -65,7 +64,3 @@ class UniRepLKNetFeatures(UniRepLKNet):
         if not coarse:
             matcher["blocks"] = matcher["blocks"][:-1] + [(r"^norm(\d+)\.", (99999,))]
         return matcher
-
-
-def is_features_module(model: nn.Module) -> bool:
-    return isinstance(model, UniRepLKNetFeatures)
