@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, meta, _ = C.model_from_args(args)
     task = get_task(meta.get("task"))
-    shape = task.example_input(meta, args.batch_size, args.img_size).shape
+    shape = torch.Size([args.batch_size, *task.input_shape(meta, args.img_size)])
     _check_memory(shape, DTYPES[args.dtype], device)
     forms = {"deploy": model} if meta.get("deploy") else {"training": model, "deploy": None}
     report: dict = {"model": meta.get("model"), "batch_size": args.batch_size, "input_shape": list(shape[1:]),

@@ -17,7 +17,7 @@ from pathlib import Path
 from unireplknet.engine import distributed as D
 from unireplknet.errors import UserError
 from unireplknet.utils.atomic import write_error
-from unireplknet.utils.lock import LOCK_NAME, FolderLock
+from unireplknet.utils.lock import FolderLock
 
 RUN_FILES = ("config.json", "metrics.jsonl", "train.log", "last.pt", "best.pt", "deploy.pt", "model.onnx",
              "summary.json", "report", "tensorboard")
@@ -31,7 +31,7 @@ class RunFolder:
         self.path = Path(path or D.broadcast_object(time.strftime("runs/train-%Y%m%d-%H%M%S")))
         self.is_main = is_main
         self.lock = FolderLock(self.path)
-        self.created = False
+        self.created = self.claimed = False
         self.log_handler: logging.Handler | None = None
 
     def file(self, name: str) -> Path:
@@ -68,7 +68,7 @@ class RunFolder:
         ours = [name for name in RUN_FILES if (path / name).exists()]
         if not resume and ours:
             if not overwrite:
-                self.lock.release()
+                self.lock.release(remove=True)
                 what = "a run (last.pt)" if "last.pt" in ours else f"files a run would overwrite ({', '.join(ours)})"
                 raise UserError(f"'{path}' already holds {what}; resume it (--resume), overwrite it (--overwrite) "
                                 "or choose another output folder")
@@ -77,17 +77,17 @@ class RunFolder:
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
         for stale in path.glob(".*.tmp"):  # temp files of writes killed mid-way (this folder is ours now)
             stale.unlink(missing_ok=True)
+        self.claimed = True
 
     def close(self, failed: bool) -> None:
         if self.log_handler is not None:
             logging.getLogger("unireplknet").removeHandler(self.log_handler)
             self.log_handler.close()
             self.log_handler = None
-        if self.is_main and failed and not self.file("last.pt").exists():  # nothing resumable: leave no litter
+        if self.claimed and failed and not self.file("last.pt").exists():  # nothing resumable: leave no litter
             for name in ("train.log", "config.json", "metrics.jsonl"):
                 self.file(name).unlink(missing_ok=True)
-            self.lock.release()
-            self.file(LOCK_NAME).unlink(missing_ok=True)
+            self.lock.release(remove=True)
             if self.created and not any(self.path.iterdir()):
                 self.path.rmdir()
         self.lock.release()

@@ -207,15 +207,16 @@ class Task(Protocol):
         ``request.output`` where the task produces images)."""
         raise UserError(f"predict is not available for {self.name} checkpoints")
 
-    def example_input(self, meta: Mapping[str, Any], batch: int, img_size: int | None = None,
-                      seed: int = 0) -> torch.Tensor:
-        """A random batch shaped like the model's input ``(batch, *meta['input_size'])`` (an image model's side
-        set to ``img_size``), for re-parameterization checks, export and benchmarks."""
+    def input_shape(self, meta: Mapping[str, Any], img_size: int | None = None) -> list[int]:
+        """One input sample's shape: ``meta['input_size']``, an image model's side set to ``img_size``."""
         self.check_img_size(img_size)
         size = [int(v) for v in meta.get("input_size") or (3, 224, 224)]
-        if img_size is not None:
-            size[-2:] = [img_size, img_size]
-        return torch.randn(batch, *size, generator=torch.Generator().manual_seed(seed))
+        return size[:-2] + [img_size, img_size] if img_size is not None else size
+
+    def example_input(self, meta: Mapping[str, Any], batch: int, img_size: int | None = None,
+                      seed: int = 0) -> torch.Tensor:
+        """A random batch ``(batch, *input_shape)`` for re-parameterization checks, export and benchmarks."""
+        return torch.randn(batch, *self.input_shape(meta, img_size), generator=torch.Generator().manual_seed(seed))
 
     def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
         """Why the model cannot be exported to ONNX (None: it can; its input is ``meta['input_size']``)."""

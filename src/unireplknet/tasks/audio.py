@@ -3,7 +3,7 @@ UniRepLKNet (``in_chans=1``) with its pooled classifier.
 
 Data: the built-in synthesized spoken words (``--data spoken_words``, the default; test = held-out voices),
 a Speech Commands v2 folder, or one folder per label. Training uses SpecAugment (in the embedder) and waveform
-mixup (no CutMix). No ONNX export: the fbank's FFT has no portable ONNX form here.
+mixup (no CutMix). The fbank's DFT is a matrix product, so the whole model exports to ONNX (waveform in).
 """
 
 from __future__ import annotations
@@ -114,9 +114,6 @@ class AudioTask(Classifier):
 
     def model_label(self, cfg: TrainConfig) -> str:
         return f"fbank + {super().model_label(cfg)}"
-
-    def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
-        return "the log-mel fbank (an FFT) has no portable ONNX form here; export the backbone on fbank maps instead"
 
     def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
         from unireplknet.data.audio import fix_length, read_audio

@@ -4,8 +4,7 @@ backbone, overall and mean class accuracy.
 ``data``: ``shapes`` (built-in procedural shapes), a ModelNet40 / ScanObjectNN HDF5 folder
 (``ply_data_{train,test}*.h5`` or ``{training,test}_*.h5``) or a ModelNet ``.off`` tree
 (``<class>/{train,test}/*.off``); for these two the test files are the held-out split, as in Table 10.
-``img_size`` is the projection size (paper: 224). No ONNX export yet: the point scatter has no portable ONNX
-form here.
+``img_size`` is the projection size (paper: 224).
 """
 
 from __future__ import annotations
@@ -117,8 +116,11 @@ class PointCloudTask(Classifier):
     def model_label(self, cfg: TrainConfig) -> str:
         return f"pointcloud embedder + {super().model_label(cfg)}"
 
-    def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
-        return "the projection's point scatter has no portable ONNX form here"
+    def example_input(self, meta: Mapping[str, Any], batch: int, img_size: int | None = None,
+                      seed: int = 0) -> torch.Tensor:
+        """Random clouds like the data's: points inside the unit sphere."""
+        x = super().example_input(meta, batch, img_size, seed)
+        return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
 
     def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
         from unireplknet.data.pointcloud import read_point_file

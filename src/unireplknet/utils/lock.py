@@ -22,8 +22,10 @@ class FolderLock:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / LOCK_NAME
         self._fd: int | None = None
+        self.created = False
 
     def acquire(self) -> None:
+        self.created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -36,7 +38,10 @@ class FolderLock:
         os.write(fd, f"pid {os.getpid()}".encode())
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, remove: bool = False) -> None:
+        """Release the lock; ``remove`` also deletes the lock file when this process created it."""
+        if remove and self._fd is not None and self.created:
+            self.path.unlink(missing_ok=True)  # (before unlocking: no other process can hold this file's lock)
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
