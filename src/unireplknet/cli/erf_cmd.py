@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from unireplknet.cli import _common as C
+from unireplknet.data.datasets import IMG_EXTENSIONS
 from unireplknet.errors import UserError
 from unireplknet.models import load_model
-from unireplknet.tasks.classification import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _backbone_and_inputs(model: torch.nn.Module, meta: dict[str, Any], args: arg
 
     tf = transforms.Compose([transforms.Resize((args.img_size, args.img_size)), transforms.ToTensor(),
                              transforms.Normalize(meta.get("mean") or IMAGENET_MEAN, meta.get("std") or IMAGENET_STD)])
-    files = collect_files([args.data], IMAGE_SUFFIXES)[: args.num_images]
+    files = collect_files([args.data], IMG_EXTENSIONS)[: args.num_images]
     return model, (load_image(f, tf, c).unsqueeze(0) for f in files)
 
 

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from unireplknet.engine.config import make_config
     from unireplknet.engine.distributed import resolve_device
-    from unireplknet.engine.task import CheckpointEval
+    from unireplknet.engine.task import Request
     from unireplknet.models import reparameterize
     from unireplknet.tasks import get_task
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     task = get_task(meta.get("task"))
     cfg = make_config(config or {"task": task.name, "data": meta.get("data"), "model": meta.get("model"),
                                  "arch": meta.get("model_kwargs")})
-    request = CheckpointEval(data=args.data, batch_size=args.batch_size, device=device, workers=args.workers,
+    request = Request(data=args.data, batch_size=args.batch_size, device=device, workers=args.workers,
                              img_size=args.img_size)
     result = task.evaluate_checkpoint(model, meta, cfg, request)
     C.report({**result, "form": "deploy" if meta.get("deploy") or args.reparam else "training",

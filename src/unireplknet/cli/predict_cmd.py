@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from unireplknet.engine.distributed import resolve_device
-    from unireplknet.engine.task import PredictRequest
+    from unireplknet.engine.task import Request
     from unireplknet.models import reparameterize
     from unireplknet.tasks import get_task
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta, _ = C.model_from_args(args)
     if args.reparam:
         reparameterize(model)
-    request = PredictRequest(inputs=list(args.inputs), batch_size=args.batch_size, device=device, topk=args.topk,
+    request = Request(inputs=list(args.inputs), batch_size=args.batch_size, device=device, topk=args.topk,
                              output=Path(args.output) if args.output else None, img_size=args.img_size,
                              data=args.data)
     C.report(get_task(meta.get("task")).predict(model, meta, request), args.output, "predictions.json")

@@ -129,10 +129,10 @@ def _resume_path(output: str | None, resume: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unireplknet.engine.checkpoint import load_run_checkpoint
     from unireplknet.engine.config import load_config
     from unireplknet.engine.finalize import summary_text
     from unireplknet.engine.run import config_from_checkpoint, train
+    from unireplknet.models.checkpoint import read_checkpoint
     from unireplknet.tasks import get_task
 
     overrides = overrides_from_args(args)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             logging.getLogger(__name__).warning("--config is ignored with --resume: the run's stored config is used "
                                                 "(flags given now still override it)")
-        checkpoint = load_run_checkpoint(path)
+        checkpoint = read_checkpoint(path)
         cfg = config_from_checkpoint(checkpoint, overrides)
         if args.output is None:
             cfg.output = str(path.parent)

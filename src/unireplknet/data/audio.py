@@ -21,7 +21,6 @@ from unireplknet.errors import UserError
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
-BACKGROUND = "_background_noise_"
 
 
 def fix_length(wave: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -81,7 +80,6 @@ class WaveformDataset(Dataset):
         self.sources, self.labels = list(sources), [int(y) for y in labels]
         self.clip_samples, self.sample_rate = clip_samples, sample_rate
         self.train, self.noise_snr, self.seed = train, noise_snr, seed
-        self._epoch_rng = np.random.default_rng()
 
     def __len__(self) -> int:
         return len(self.sources)

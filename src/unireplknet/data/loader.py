@@ -77,14 +77,3 @@ def build_loader(dataset: Dataset, cfg: Any, *, rank: int, world_size: int, trai
                         pin_memory=cfg.pin_memory and device.type == "cuda", drop_last=train,
                         persistent_workers=cfg.workers > 0)
     return loader
-
-
-def build_mixup(cfg: Any, num_classes: int):
-    """timm's Mixup/CutMix (with label smoothing folded in), or None when both alphas are 0."""
-    if cfg.mixup <= 0 and cfg.cutmix <= 0:
-        return None
-    from timm.data import Mixup
-
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                 switch_prob=cfg.mixup_switch_prob, mode="batch", label_smoothing=cfg.smoothing,
-                 num_classes=num_classes)

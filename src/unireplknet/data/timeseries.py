@@ -22,7 +22,6 @@ from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
 
-N_TIME_FEATS = 4
 WEATHER_FILES = ("703165TY.csv", "723170TYA.CSV", "12839.tm2")  # pvlib's bundled TMY files: 3 stations
 WEATHER_VARS = ("temp_air", "wind_speed", "relative_humidity", "temp_dew")
 

@@ -11,7 +11,6 @@ written atomically (``utils.atomic``): a ``kill -9`` at any moment leaves the ol
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
@@ -67,10 +66,3 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The bare model's state dict on CPU (official key layout: no ``module.`` / ``_orig_mod.``)."""
     return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
-
-
-def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint (``CheckpointError`` with a clear message when it is missing or unreadable)."""
-    from unireplknet.models.checkpoint import read_checkpoint
-
-    return read_checkpoint(path, map_location="cpu")

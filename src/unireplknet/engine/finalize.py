@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from unireplknet.engine.checkpoint import load_run_checkpoint, model_state_dict, unwrap_model
+from unireplknet.engine.checkpoint import model_state_dict, unwrap_model
 from unireplknet.engine.metrics import read_metrics
 from unireplknet.engine.report import plot_curves, write_report
 from unireplknet.engine.task import EvalContext, Task, eval_loader
-from unireplknet.models import build_model_from_checkpoint, reparameterize
+from unireplknet.models import build_model_from_checkpoint, read_checkpoint, reparameterize
 from unireplknet.utils.atomic import atomic_save, atomic_write_text
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def finalize(run: Run, folder: RunFolder) -> dict[str, Any]:
              "config": folder.file("config.json"), "metrics": folder.file("metrics.jsonl"),
              "log": folder.file("train.log")}
     if folder.file("best.pt").is_file():  # the best weights rebuilt as users load them (no DDP/compile wrappers)
-        model, _ = build_model_from_checkpoint(load_run_checkpoint(folder.file("best.pt")))
+        model, _ = build_model_from_checkpoint(read_checkpoint(folder.file("best.pt")))
     else:
         model = unwrap_model(run.model)
         del paths["best"]

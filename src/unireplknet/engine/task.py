@@ -60,27 +60,18 @@ class EvalContext:
 
 
 @dataclass(frozen=True)
-class CheckpointEval:
-    """``unireplknet eval`` on a checkpoint: ``data`` None means the data the checkpoint was trained on."""
+class Request:
+    """``unireplknet eval`` / ``predict`` on a checkpoint: ``data`` None means the data it was trained on;
+    ``inputs`` are predict's files or folders, ``output`` where a task writes files (masks, drawings)."""
 
-    data: str | None
     batch_size: int
     device: torch.device
+    data: str | None = None
     workers: int = 0
     img_size: int | None = None
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    """``unireplknet predict``: input files or folders, and where to write files when the task writes any."""
-
-    inputs: list[str]
-    batch_size: int
-    device: torch.device
+    inputs: list[str] = field(default_factory=list)
     topk: int = 5
     output: Path | None = None
-    img_size: int | None = None
-    data: str | None = None
 
 
 @dataclass
@@ -187,7 +178,7 @@ class Task(Protocol):
         return built, args
 
     def evaluate_checkpoint(self, model: nn.Module, meta: Mapping[str, Any], cfg: TrainConfig,
-                            request: CheckpointEval) -> dict[str, Any]:
+                            request: Request) -> dict[str, Any]:
         """``unireplknet eval``: the held-out metrics of ``model`` on ``request.data`` (default: the checkpoint's
         own data), as ``test_*`` keys."""
         self.check_img_size(request.img_size)
@@ -202,7 +193,7 @@ class Task(Protocol):
         if img_size is not None and not self.resizable_input:
             raise UserError(f"--img-size applies to image models; a {self.name} model takes its own input size")
 
-    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: PredictRequest) -> Any:
+    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> Any:
         """``unireplknet predict``: JSON-able predictions for the input files (writing files under
         ``request.output`` where the task produces images)."""
         raise UserError(f"predict is not available for {self.name} checkpoints")

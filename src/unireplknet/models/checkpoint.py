@@ -97,8 +97,10 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
              if k in own and own[k].shape != v.shape]
     if wrong:
         hint = ""
-        if any(w.startswith("head.") for w in wrong):
-            hint = " (another number of classes: pass num_classes= to match, or drop the head keys to fine-tune)"
+        if all(w.startswith("head.") for w in wrong) and "head.weight" in state:
+            n = state["head.weight"].shape[0]
+            hint = (f" (its head has {n} classes: pass num_classes={n}, --num-classes {n} on the command line, or "
+                    "drop the head keys to fine-tune)")
         raise CheckpointError(f"checkpoint does not fit the model: shape mismatch for {_summarize(wrong)}{hint}")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -116,8 +116,10 @@ def load_model(checkpoint: str | Path | None, model_name: str | None = None, num
     model = _create(model_name, **kwargs)
     try:
         load_checkpoint(model, state, strict=True)
-    except UserError as err:
-        raise UserError(f"checkpoint '{path}' does not fit {model_name}: {_mismatch(model, state)}") from err
+    except CheckpointError as err:
+        reason = str(err).removeprefix("checkpoint does not fit the model: ")
+        hint = "" if "num_classes=" in reason else "; name the model it was trained with (--model, --model-kwargs)"
+        raise UserError(f"checkpoint '{path}' does not fit {model_name}: {reason}{hint}") from None
     return LoadedModel(model.eval(), image_meta(model_name, model, kwargs, deploy), None)
 
 
@@ -130,21 +132,3 @@ def _check_meta(path: Path, meta: Mapping[str, Any], model_name: str | None, num
     n_ck = len(meta.get("class_names") or []) or kwargs.get("num_classes")
     if num_classes is not None and n_ck and num_classes != n_ck:
         raise UserError(f"checkpoint '{path}' has {n_ck} classes, not {num_classes}; drop --num-classes")
-
-
-def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
-    """Why ``state`` does not load into ``model``, in a few words, with what to do."""
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if wrong and all(k.startswith("head.") for k in wrong) and not missing and not unexpected:
-        n = int(state["head.weight"].shape[0]) if "head.weight" in state else "another number of"
-        return f"its head has {n} classes; pass num_classes={n} (--num-classes {n})"
-    if wrong:
-        k = wrong[0]
-        return (f"{len(wrong)} tensors differ in shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}); "
-                "it is another model: name the model it was trained with (--model)")
-    k = (missing or unexpected)[0]
-    return (f"{len(missing)} missing and {len(unexpected)} unexpected keys (e.g. {k}); it is another model: name "
-            "the model (--model) and kwargs (--model-kwargs) it was trained with")

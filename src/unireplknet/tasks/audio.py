@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from unireplknet.engine.config import TrainConfig
-from unireplknet.engine.task import PredictRequest, TaskData
+from unireplknet.engine.task import Request, TaskData
 from unireplknet.errors import UserError
 from unireplknet.tasks import register_task
 from unireplknet.tasks.classification import Classifier, backbone_kwargs, build_backbone, load_finetune
@@ -115,7 +115,7 @@ class AudioTask(Classifier):
     def model_label(self, cfg: TrainConfig) -> str:
         return f"fbank + {super().model_label(cfg)}"
 
-    def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
+    def read_input(self, path: Path, meta: Mapping[str, Any], request: Request) -> torch.Tensor:
         from unireplknet.data.audio import fix_length, read_audio
 
         return torch.from_numpy(fix_length(read_audio(path, int(meta["sample_rate"])), int(meta["input_size"][0])))

@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from unireplknet.data.datasets import IMG_EXTENSIONS
 from unireplknet.engine.config import TrainConfig
 from unireplknet.engine.distributed import reduce_tensor
 from unireplknet.engine.loops import eval_batches
 from unireplknet.engine.report import plot_confusion
 from unireplknet.engine.task import (
-    CheckpointEval,
     Criterion,
     EvalContext,
-    PredictRequest,
+    Request,
     Task,
     TaskData,
     eval_loader,
@@ -34,9 +34,6 @@ from unireplknet.models.checkpoint import extract_state_dict, read_checkpoint
 from unireplknet.tasks import register_task
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-
 
 @torch.no_grad()
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -172,17 +169,17 @@ class Classifier(Task):
                 f"({summary[f'{split}_samples']} samples)"]
 
     # -- predict -----------------------------------------------------------------------------------------------------
-    input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
+    input_suffixes: ClassVar[tuple[str, ...]] = IMG_EXTENSIONS
 
     def input_files(self, inputs: Sequence[str]) -> list[Path]:
         """The files ``predict`` reads: the given files, and the input files found in the given folders."""
         return collect_files(inputs, self.input_suffixes)
 
-    def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
+    def read_input(self, path: Path, meta: Mapping[str, Any], request: Request) -> torch.Tensor:
         """One input file -> the model's input for one sample (no batch axis)."""
         raise NotImplementedError
 
-    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: PredictRequest) -> list[dict[str, Any]]:
+    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> list[dict[str, Any]]:
         """Top-k class names and probabilities per input file (files, or folders searched recursively)."""
         self.check_img_size(request.img_size)
         files = self.input_files(request.inputs)
@@ -305,7 +302,7 @@ class ImageClassification(Classifier):
                               float(meta.get("crop_pct", 0.875)), meta.get("interpolation", "bicubic"))
 
     def evaluate_checkpoint(self, model: nn.Module, meta: Mapping[str, Any], cfg: TrainConfig,
-                            request: CheckpointEval) -> dict[str, Any]:
+                            request: Request) -> dict[str, Any]:
         """Top-1 / top-k on ``DIR/val/<class>/*`` (or ``DIR/<class>/*``) or the built-in digits' held-out split.
         Folders named like the checkpoint's classes map to them; otherwise folders are class indices in sorted
         order (the ImageNet convention)."""
@@ -344,13 +341,9 @@ class ImageClassification(Classifier):
             return None
         return names or None
 
-    def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
+    def read_input(self, path: Path, meta: Mapping[str, Any], request: Request) -> torch.Tensor:
         c = int((meta.get("input_size") or (3,))[0])
         return load_image(path, self.transform(meta, request.img_size), c)
 
-    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: PredictRequest) -> list[dict[str, Any]]:
+    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> list[dict[str, Any]]:
         return [{"image": r.pop("file"), **r} for r in super().predict(model, meta, request)]
-
-
-__all__ = ["Classifier", "ImageClassification", "backbone_kwargs", "build_backbone",
-           "collect_files", "load_finetune", "load_image", "mean_class_accuracy", "topk_correct"]

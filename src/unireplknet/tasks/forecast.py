@@ -24,10 +24,9 @@ from unireplknet.engine.config import TrainConfig
 from unireplknet.engine.distributed import all_reduce_sum
 from unireplknet.engine.loops import eval_batches
 from unireplknet.engine.task import (
-    CheckpointEval,
     Criterion,
     EvalContext,
-    PredictRequest,
+    Request,
     Task,
     TaskData,
     eval_loader,
@@ -195,13 +194,13 @@ class ForecastTask(Task):
         return [format_table(summary["test"]), f"  test MSE (standardized) {summary['test_mse']:.4f}"]
 
     def evaluate_checkpoint(self, model: nn.Module, meta: Mapping[str, Any], cfg: TrainConfig,
-                            request: CheckpointEval) -> dict[str, Any]:
+                            request: Request) -> dict[str, Any]:
         """The held-out MSE/MAE and the per-variable table with the baselines."""
         out = super().evaluate_checkpoint(model, meta, cfg, request)
         data, args = self.checkpoint_data(meta, cfg, request.data)
         return {**out, **self.test_table(model, args, data, request.batch_size, request.device)}
 
-    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: PredictRequest) -> dict[str, Any]:
+    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> dict[str, Any]:
         """The next ``pred_len`` steps after the last timestamp of one station CSV file or a folder of them."""
         import pandas as pd
 

@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from unireplknet.data.pointcloud import POINT_FILE_SUFFIXES
 from unireplknet.engine.config import TrainConfig
-from unireplknet.engine.task import PredictRequest, TaskData
+from unireplknet.engine.task import Request, TaskData
 from unireplknet.errors import UserError
 from unireplknet.tasks import register_task
 from unireplknet.tasks.classification import Classifier, backbone_kwargs, build_backbone, load_finetune
@@ -65,7 +66,7 @@ class PointCloudTask(Classifier):
     default_config = "pointcloud_default"
     builtin_data = ("shapes",)
     mixes = ()
-    input_suffixes: ClassVar[tuple[str, ...]] = (".off", ".npy", ".xyz", ".txt", ".pts")
+    input_suffixes: ClassVar[tuple[str, ...]] = POINT_FILE_SUFFIXES
 
     def build_data(self, cfg: TrainConfig, args: PointCloudArgs) -> TaskData:
         from unireplknet.data.datasets import data_folder
@@ -122,7 +123,7 @@ class PointCloudTask(Classifier):
         x = super().example_input(meta, batch, img_size, seed)
         return x / x.norm(dim=-1, keepdim=True).amax(dim=1, keepdim=True)
 
-    def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
+    def read_input(self, path: Path, meta: Mapping[str, Any], request: Request) -> torch.Tensor:
         from unireplknet.data.pointcloud import read_point_file
 
         return torch.from_numpy(read_point_file(path, int(meta["input_size"][0])))

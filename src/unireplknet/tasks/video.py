@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from unireplknet.data.video import VIDEO_EXTENSIONS
 from unireplknet.engine.config import TrainConfig
-from unireplknet.engine.task import PredictRequest, TaskData
+from unireplknet.engine.task import Request, TaskData
 from unireplknet.errors import UserError
 from unireplknet.tasks import register_task
 from unireplknet.tasks.classification import Classifier, backbone_kwargs
@@ -51,7 +52,7 @@ class VideoTask(Classifier):
     default_config = "video_default"
     builtin_data = ("moving_digits",)
     mixes = ()
-    input_suffixes: ClassVar[tuple[str, ...]] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+    input_suffixes: ClassVar[tuple[str, ...]] = VIDEO_EXTENSIONS
 
     def build_data(self, cfg: TrainConfig, args: VideoArgs) -> TaskData:
         from unireplknet.data.datasets import data_folder
@@ -94,7 +95,7 @@ class VideoTask(Classifier):
     def model_label(self, cfg: TrainConfig) -> str:
         return f"video embedder + {super().model_label(cfg)}"
 
-    def read_input(self, path: Path, meta: Mapping[str, Any], request: PredictRequest) -> torch.Tensor:
+    def read_input(self, path: Path, meta: Mapping[str, Any], request: Request) -> torch.Tensor:
         from unireplknet.data.video import read_clip
 
         num_frames, _, size, _ = (int(v) for v in meta["input_size"])
