@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reparam", action="store_true", help="run the re-parameterized (deploy) form (faster)")
     p.add_argument("--data", metavar="DIR", help="the dataset the inputs belong to, when the task uses it "
                                                 "(e.g. COCO image ids)")
+    p.add_argument("--text", metavar="SENTENCE", help="the sentence of a text-conditioned task (e.g. the object to "
+                                                      "segment)")
     p.add_argument("--output", metavar="DIR", help="also write predictions.json (and any images) to DIR")
     C.add_device_arg(p)
     p.set_defaults(func=run)
@@ -40,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         reparameterize(model)
     request = Request(inputs=list(args.inputs), batch_size=args.batch_size, device=device, topk=args.topk,
                              output=Path(args.output) if args.output else None, img_size=args.img_size,
-                             data=args.data)
+                             data=args.data, text=args.text)
     C.report(get_task(meta.get("task")).predict(model, meta, request), args.output, "predictions.json")
     return 0

@@ -62,7 +62,8 @@ class EvalContext:
 @dataclass(frozen=True)
 class Request:
     """``unireplknet eval`` / ``predict`` on a checkpoint: ``data`` None means the data it was trained on;
-    ``inputs`` are predict's files or folders, ``output`` where a task writes files (masks, drawings)."""
+    ``inputs`` are predict's files or folders, ``output`` where a task writes files (masks, drawings), ``text`` a
+    sentence for tasks that take one (e.g. the object to segment)."""
 
     batch_size: int
     device: torch.device
@@ -72,6 +73,7 @@ class Request:
     inputs: list[str] = field(default_factory=list)
     topk: int = 5
     output: Path | None = None
+    text: str | None = None
 
 
 @dataclass
