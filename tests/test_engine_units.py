@@ -113,3 +113,21 @@ def test_resume_trims_metric_rows_after_the_checkpoint_and_torn_rows(tmp_path: P
     MetricsRecorder(tmp_path, epochs=3, primary="acc1").trim(1)
     assert [r["epoch"] for r in read_metrics(path)] == [1]
     assert path.read_text().endswith("\n")
+
+
+@pytest.mark.parametrize("sched,expected", [
+    ("cosine", {0.5: 0.5, 1.0: 1.0, 5.5: 0.5, 10.0: 0.0}),  # cosine over the 9 epochs after warm-up: mid at 5.5
+    ("poly", {0.5: 0.5, 1.0: 0.9, 5.0: 0.5, 9.0: 0.1}),  # (1 - t / 10) ** 1 after the warm-up
+    ("step", {0.5: 0.5, 5.99: 1.0, 6.0: 0.1, 8.0: 0.01}),  # x0.1 at epochs 6 and 8 exactly
+])
+def test_lr_schedules_in_fractional_epochs(sched: str, expected: dict[float, float]) -> None:
+    from unireplknet.engine.run import _optimizer_and_schedule
+
+    cfg = make_config({"epochs": 10, "lr": 1.0, "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0, "sched": sched,
+                       "decay_epochs": [6, 8], "weight_decay": 0.0})
+    optimizer, scheduler = _optimizer_and_schedule(nn.Linear(2, 2), cfg)
+    for t, lr in expected.items():
+        scheduler.step(t)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-6), (sched, t)
+    with pytest.raises(UserError, match="decay_epochs"):
+        make_config({"sched": "step"})

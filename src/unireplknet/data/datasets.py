@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,9 +155,10 @@ class DigitsDataset(Dataset):
         return img, self.labels[index]
 
 
-def drop_corrupt(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Remove the placeholder samples of unreadable images; returns (images, targets, number removed)."""
-    if targets.dim() != 1 or targets.is_floating_point():  # regression / soft targets: no placeholders
+def drop_corrupt(images: Any, targets: Any) -> tuple[Any, Any, int]:
+    """Remove the placeholder samples of unreadable images; returns (images, targets, number removed). Only class
+    labels (a 1-D integer tensor) carry the placeholder; other targets (masks, boxes, values) pass unchanged."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point():
         return images, targets, 0
     keep = targets != CORRUPT_TARGET
     n_bad = int((~keep).sum())

@@ -77,9 +77,13 @@ class TrainConfig:
     lr: float | None = None  # absolute lr; None = lr_base * global_batch / lr_base_size
     lr_base: float = 4e-3
     lr_base_size: int = 4096
+    sched: Literal["cosine", "poly", "step"] = "cosine"  # lr schedule after the linear warm-up
     min_lr: float = 1e-6
     warmup_lr: float = 1e-6
-    warmup_epochs: float = 5
+    warmup_epochs: float = 5  # fractional: e.g. 1,500 iterations = 1500 / iterations per epoch
+    poly_power: float = 1.0  # poly: lr = base * (1 - t / epochs) ** power (UPerNet's schedule)
+    decay_epochs: list[float] = field(default_factory=list)  # step: multiply the lr by decay_rate at these epochs
+    decay_rate: float = 0.1
     weight_decay: float = 0.05
     layer_decay: float | None = None  # layer-wise lr decay (fine-tuning); None = off
     clip_grad: float | None = None
@@ -118,6 +122,8 @@ class TrainConfig:
             (self.lr_base > 0 and self.lr_base_size >= 1, "lr_base must be positive"),
             (self.min_lr >= 0 and self.warmup_lr >= 0, "min_lr and warmup_lr must be 0 or more"),
             (self.warmup_epochs >= 0, "warmup_epochs must be 0 or more"),
+            (self.poly_power > 0 and 0 < self.decay_rate <= 1, "poly_power must be positive, decay_rate in (0, 1]"),
+            (self.sched != "step" or bool(self.decay_epochs), "sched step needs decay_epochs (e.g. [27, 33])"),
             (self.weight_decay >= 0, "weight_decay must be 0 or more"),
             (self.layer_decay is None or 0 < self.layer_decay <= 1, "layer_decay must be in (0, 1]"),
             (self.clip_grad is None or self.clip_grad > 0, "clip_grad must be positive (or null: off)"),

@@ -161,17 +161,22 @@ def _build(task: Task, cfg: TrainConfig, args: Any, dist: D.DistInfo, resume: di
 
 def _optimizer_and_schedule(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """timm's optimizer (weight-decay exclusions and layer-wise lr decay from the model's ``no_weight_decay`` and
-    ``group_matcher``) and a cosine schedule with linear warm-up, stepped in fractional epochs."""
+    ``group_matcher``) and schedule (cosine, poly or step, after a linear warm-up), stepped in fractional epochs."""
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 
     optimizer = create_optimizer_v2(model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     layer_decay=cfg.layer_decay)
-    warmup = min(cfg.warmup_epochs, cfg.epochs - 1e-6)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(cfg.epochs - warmup, 1e-6), lr_min=cfg.min_lr,
-                                  warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, warmup_prefix=True,
-                                  t_in_epochs=True)
-    return optimizer, scheduler
+    warmup = dict(warmup_t=min(cfg.warmup_epochs, cfg.epochs - 1e-6), warmup_lr_init=cfg.warmup_lr, t_in_epochs=True)
+    if cfg.sched == "step":  # milestones in absolute epochs (timm compares them with t + 1)
+        return optimizer, MultiStepLRScheduler(optimizer, decay_t=[e + 1 for e in cfg.decay_epochs],
+                                               decay_rate=cfg.decay_rate, warmup_prefix=False, **warmup)
+    if cfg.sched == "poly":  # over the whole run, the warm-up ramping up to it
+        return optimizer, PolyLRScheduler(optimizer, t_initial=cfg.epochs, power=cfg.poly_power, lr_min=cfg.min_lr,
+                                          warmup_prefix=False, **warmup)
+    t_initial = max(cfg.epochs - warmup["warmup_t"], 1e-6)
+    return optimizer, CosineLRScheduler(optimizer, t_initial=t_initial, lr_min=cfg.min_lr, warmup_prefix=True,
+                                        **warmup)
 
 
 def _checkpoint(run: Run, model: nn.Module | None = None) -> dict[str, Any]:
