@@ -74,8 +74,8 @@ class CascadeMaskRCNN(nn.Module):
 
     def __init__(self, backbone: UniRepLKNetFeatures, num_classes: int = 80, num_stages: int = 3,
                  fpn_channels: int = 256, fc_channels: int = 1024, num_convs: int = 4, num_fcs: int = 1,
-                 mask_channels: int = 256, with_mask: bool = True, min_size: int | Sequence[int] = 800,
-                 max_size: int = 1333, resize_in_training: bool = False,
+                 mask_channels: int = 256, mask_convs: int = 4, with_mask: bool = True,
+                 min_size: int | Sequence[int] = 800, max_size: int = 1333, resize_in_training: bool = False,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
                  anchor_scale: int = 8, rpn_pre_nms_train: int = 2000, rpn_post_nms_train: int = 2000,
                  rpn_pre_nms_test: int = 1000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
@@ -99,8 +99,9 @@ class CascadeMaskRCNN(nn.Module):
             post_nms_top_n=dict(training=rpn_post_nms_train, testing=rpn_post_nms_test), nms_thresh=rpn_nms)
         self.roi_heads = CascadeRoIHeads(
             num_classes, num_stages, fpn_channels, num_convs=num_convs, num_fcs=num_fcs, fc_channels=fc_channels,
-            with_mask=with_mask, mask_channels=mask_channels, roi_samples=roi_samples, score_thresh=score_thresh,
-            nms_thresh=nms_thresh, detections_per_img=detections_per_img, strides=strides[:4])
+            with_mask=with_mask, mask_channels=mask_channels, mask_convs=mask_convs, roi_samples=roi_samples,
+            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+            strides=strides[:4])
 
     def _pyramid(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.neck(OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x))))

@@ -134,7 +134,7 @@ class CascadeRoIHeads(nn.Module):
     def __init__(self, num_classes: int, num_stages: int = 3, in_channels: int = 256,
                  stage_iou: Sequence[float] = (0.5, 0.6, 0.7), stage_weights: Sequence[float] = (1.0, 0.5, 0.25),
                  stage_stds: Sequence[Sequence[float]] = CASCADE_STDS, num_convs: int = 4, num_fcs: int = 1,
-                 fc_channels: int = 1024, with_mask: bool = True, mask_channels: int = 256,
+                 fc_channels: int = 1024, with_mask: bool = True, mask_channels: int = 256, mask_convs: int = 4,
                  roi_samples: int = 512, positive_fraction: float = 0.25, giou_weight: float = 10.0,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
                  strides: Sequence[int] = (4, 8, 16, 32)) -> None:
@@ -156,7 +156,7 @@ class CascadeRoIHeads(nn.Module):
         self.with_mask = with_mask
         if with_mask:
             self.mask_pool = LevelRoIAlign(14, strides)
-            self.mask_heads = nn.ModuleList(MaskHead(num_classes, in_channels, mask_channels)
+            self.mask_heads = nn.ModuleList(MaskHead(num_classes, in_channels, mask_channels, mask_convs)
                                             for _ in range(num_stages))
 
     # -- training ------------------------------------------------------------------------------------------
