@@ -23,8 +23,8 @@ from unireplknet.models.detection import MODELS
 from unireplknet.tasks.detection import evaluate_detections
 
 CPU_HEAD = dict(fpn_channels=64, fc_channels=256, num_convs=2, mask_channels=64, mask_convs=2, min_size=128,
-                max_size=128, rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300, rpn_post_nms_test=100,
-                rpn_samples=128, roi_samples=64)
+                max_size=128, rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300,
+                rpn_post_nms_test=100, rpn_samples=128, roi_samples=64)
 
 
 @torch.no_grad()
