@@ -32,7 +32,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from unireplknet.errors import CheckpointError
-from unireplknet.models.checkpoint import extract_state_dict, load_checkpoint, read_checkpoint
+from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
 from unireplknet.models.features import UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
@@ -190,8 +190,9 @@ def load_backbone(model: CascadeMaskRCNN | UniRepLKNetFeatures, source: str | Pa
     if missing or result.unexpected_keys:
         raise CheckpointError(f"backbone weights do not fit {type(backbone).__name__}"
                               f"(dims {backbone.dims}): missing {missing[:5]} ({len(missing)} in all), "
-                              f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)} in all); "
-                              "pick the model of the checkpoint's size and form")
+                              f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)} in all)"
+                              + (_form_hint(backbone, missing, result.unexpected_keys)
+                                 or "; pick the model of the checkpoint's size"))
     logger.info("backbone weights loaded (%d tensors; %s)", len(state),
                 "stage norms fresh" if result.missing_keys else "stage norms included")
 
