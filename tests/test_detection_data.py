@@ -70,7 +70,7 @@ def test_coco_fixture_loads_polygons_rle_and_ignores_crowd(tmp_path, caplog):
     assert ds.skipped_degenerate == 1 and "1 degenerate box" in caplog.text and "instances_train.json" in caplog.text
     assert ds.class_names == ["ant", "cat", "bee"] and ds.label_to_cat_id == {1: 3, 2: 7, 3: 11}
     img, t = ds[0]
-    assert img.shape == (3, 48, 64) and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
+    assert img.shape == (3, 48, 64) and img.dtype == torch.float32 and img.min() >= 0 and img.max() <= 1
     assert t["image_id"] == 100 and t["labels"].tolist() == [1, 3]
     assert torch.equal(t["boxes"], torch.tensor([[20.0, 10, 40, 30]] * 2))
     assert torch.equal(t["masks"][1], torch.from_numpy(fx["square"]))  # compressed RLE, exact
