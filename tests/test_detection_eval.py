@@ -17,6 +17,7 @@ from unireplknet.tasks.detection import (
     coco_results,
     draw_detections,
     evaluate_detections,
+    image_ids_by_file_name,
     save_png,
     write_results_json,
 )
@@ -96,6 +97,7 @@ def test_results_entries_and_json(tmp_path):
     assert coco_evaluate(ds.coco, results)["bbox_ap"] == pytest.approx(100)
     with pytest.raises(UserError, match="image id"):
         coco_evaluate(ds.coco, [dict(r, image_id=5)])
+    assert image_ids_by_file_name(ds.coco) == {"0.png": 100, "1.png": 101}
 
 
 def test_draw_detections_png(tmp_path):

@@ -12,6 +12,7 @@ from unireplknet.errors import CheckpointError
 from unireplknet.models.detection import MODELS, CascadeMaskRCNN, detection_complexity, load_backbone
 from unireplknet.models.detection_heads import CascadeRoIHeads, LevelRoIAlign, mask_targets
 from unireplknet.models.features import UniRepLKNetFeatures
+from unireplknet.models.registry import create_model
 from unireplknet.models.unireplknet import UniRepLKNet
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (13,), (13, 3), (13,)))
@@ -266,3 +267,18 @@ def test_load_backbone_errors(tmp_path):
         load_backbone(model, deploy.state_dict())
     with pytest.raises(CheckpointError, match="not found"):
         load_backbone(model, tmp_path / "absent.pth")
+
+
+def test_builder_loads_a_classification_backbone_then_converts_to_deploy(tmp_path):
+    torch.manual_seed(5)
+    cls = randomize_reparam_terms(create_model("unireplknet_a", num_classes=3)).eval()
+    torch.save(cls.state_dict(), tmp_path / "a.pth")
+    det = MODELS["mask_rcnn_unireplknet_a"](num_classes=2, pretrained_backbone=tmp_path / "a.pth", deploy=True,
+                                            **SMALL_HEAD).eval()
+    assert det.backbone.deploy and det.roi_heads.num_stages == 1
+    ref = UniRepLKNetFeatures(depths=cls.depths, dims=cls.dims)
+    load_backbone(ref, cls.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(det.backbone(x), ref.eval()(x)):
+            assert float((a - b).norm() / b.norm()) < 1e-5

@@ -206,7 +206,9 @@ def build_detector(variant: str, num_classes: int = 80, pretrained_backbone: boo
     name = f"unireplknet_{variant}"
     spec = VARIANTS[name]
     backbone_kwargs = {k: kwargs.pop(k) for k in BACKBONE_KWARGS if k in kwargs}
-    backbone = UniRepLKNetFeatures(depths=spec.depths, dims=spec.dims, **backbone_kwargs)
+    deploy = bool(backbone_kwargs.pop("deploy", False))  # weights are training form: load, then convert
+    backbone = UniRepLKNetFeatures(depths=spec.depths, dims=spec.dims, deploy=deploy and not pretrained_backbone,
+                                   **backbone_kwargs)
     model = CascadeMaskRCNN(backbone, num_classes=num_classes, num_stages=num_stages, **kwargs)
     if pretrained_backbone is True:
         from unireplknet.models.registry import create_model
@@ -216,6 +218,8 @@ def build_detector(variant: str, num_classes: int = 80, pretrained_backbone: boo
                               if not k.startswith("norm")})
     elif pretrained_backbone:
         load_backbone(model, pretrained_backbone)
+    if deploy and pretrained_backbone:
+        model.reparameterize()
     return model
 
 

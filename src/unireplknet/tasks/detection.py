@@ -89,6 +89,14 @@ def evaluate_detections(dataset: CocoDetection, detections: Sequence[Detection],
     return coco_evaluate(dataset.coco, results, types, ids)
 
 
+def image_ids_by_file_name(coco_gt: Mapping[str, Any]) -> dict[str, int]:
+    """``file_name`` (and its base name) -> image id of an instances JSON, for naming predicted files."""
+    ids = {}
+    for img in coco_gt["images"]:
+        ids[Path(img["file_name"]).name] = ids[img["file_name"]] = int(img["id"])
+    return ids
+
+
 def write_results_json(path: str | os.PathLike, results: Sequence[Mapping[str, Any]]) -> Path:
     """Write COCO results entries to ``path`` atomically; returns the path."""
     write_json_atomic(path, list(results))
