@@ -21,20 +21,11 @@ from torch.utils.data import DataLoader
 from unireplknet.data.coco import CocoDetection, collate_detection, train_transforms
 from unireplknet.data.synth_detection import write_synth_coco
 from unireplknet.models.detection import MODELS
-from unireplknet.tasks.detection import evaluate_detections
+from unireplknet.tasks.detection import evaluate_detections, predict_detections
 
 CPU_HEAD = dict(fpn_channels=64, fc_channels=256, num_convs=2, mask_channels=64, mask_convs=2, min_size=128,
                 max_size=128, rpn_pre_nms_train=600, rpn_post_nms_train=300, rpn_pre_nms_test=300,
                 rpn_post_nms_test=100, rpn_samples=128, roi_samples=64)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, dataset: CocoDetection, batch_size: int = 16) -> list[dict]:
-    model.eval()
-    outs = []
-    for images, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection):
-        outs.extend(model(images))
-    return outs
 
 
 def main() -> None:
@@ -84,7 +75,7 @@ def main() -> None:
                 done = True
                 break
     train_cpu_s, train_wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-    metrics = evaluate_detections(test, predict(model, test))
+    metrics = evaluate_detections(test, predict_detections(model, test))
     print(json.dumps(dict(model=args.model, kernel=args.kernel or "default", seed=args.seed, steps=step,
                           train_cpu_s=round(train_cpu_s), train_wall_s=round(train_wall_s),
                           images_seen=step * args.batch_size,

@@ -18,6 +18,7 @@ from unireplknet.tasks.detection import (
     draw_detections,
     evaluate_detections,
     image_ids_by_file_name,
+    predict_detections,
     save_png,
     write_results_json,
 )
@@ -138,3 +139,17 @@ def test_embedded_scenes_are_deterministic_and_marker_decides_the_class(tmp_path
     for box, mask in zip(t["boxes"], t["masks"]):  # the box is the visible mask's extent
         ys, xs = torch.where(mask > 0)
         assert torch.equal(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32))
+
+
+def test_untrained_model_end_to_end_on_coco_fixture(tmp_path):
+    from .test_detection_model import tiny_detector
+
+    write_fixture(tmp_path)
+    ds = CocoDetection(tmp_path, "val")
+    torch.manual_seed(0)
+    model = tiny_detector(num_classes=len(ds.class_names), min_size=48, max_size=64)
+    dets = predict_detections(model, ds, batch_size=2)
+    assert len(dets) == len(ds) and all(d["masks"].shape[1:] == (48, 64) for d in dets)
+    metrics = evaluate_detections(ds, dets)
+    assert set(metrics) == {f"{t}_{m}" for t in ("bbox", "segm") for m in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
+    assert all(-1 <= v <= 100 for v in metrics.values())

@@ -17,13 +17,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from unireplknet.data.coco import CocoDetection, mask_api, read_coco_json, write_json_atomic
+from unireplknet.data.coco import CocoDetection, collate_detection, mask_api, read_coco_json, write_json_atomic
 from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
 Detection = dict[str, torch.Tensor]
 METRICS = ("ap", "ap50", "ap75", "aps", "apm", "apl")  # COCOeval.stats[0:6]
+
+
+@torch.no_grad()
+def predict_detections(model: torch.nn.Module, dataset: Dataset, batch_size: int = 8,
+                       device: str | torch.device = "cpu") -> list[Detection]:
+    """The model's detections (eval mode, on the CPU) for every sample of a detection dataset, in order."""
+    model.eval()
+    outputs = []
+    for images, _ in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection):
+        for det in model([img.to(device) for img in images]):
+            outputs.append({k: v.cpu() for k, v in det.items()})
+    return outputs
 
 
 def coco_results(detections: Sequence[Detection], image_ids: Sequence[int],
