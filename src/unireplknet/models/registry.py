@@ -24,9 +24,22 @@ logger = logging.getLogger(__name__)
 _TIMM_ONLY = ("pretrained_cfg_overlay", "pretrained_strict")
 
 
+#: dense-prediction families: name prefix -> module whose ``MODELS`` maps names to builders (imported on use)
+DENSE_FAMILIES = {"cascade_mask_rcnn_": "unireplknet.models.detection", "mask_rcnn_": "unireplknet.models.detection"}
+_SIZES = ("a", "f", "p", "n", "t", "s", "b", "l", "xl")
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered variant names matching a shell-style ``pattern``."""
-    return [name for name in VARIANTS if fnmatch.fnmatch(name, pattern)]
+    """Registered names (the variants, and the dense models on every variant) matching a shell-style pattern."""
+    names = [*VARIANTS, *(f"{family}unireplknet_{size}" for family in DENSE_FAMILIES for size in _SIZES)]
+    return [name for name in names if fnmatch.fnmatch(name, pattern)]
+
+
+def _dense_builder(name: str) -> Any:
+    import importlib
+
+    family = next((f for f in DENSE_FAMILIES if name.startswith(f)), None)
+    return importlib.import_module(DENSE_FAMILIES[family]).MODELS.get(name) if family else None
 
 
 def _load_pretrained(model: nn.Module, state: dict, features_only: bool) -> None:
@@ -65,8 +78,11 @@ def create_model(name: str, pretrained: bool | str = False, features_only: bool 
     training-form weights are loaded and then re-parameterized.
     ``features_only=True`` returns the stage maps for ``out_indices`` (see :class:`UniRepLKNetFeatures`).
     """
+    dense = _dense_builder(name)
+    if dense is not None:  # a dense-prediction model: pretrained means the backbone's released weights
+        return dense(pretrained_backbone=pretrained, **kwargs)
     if name not in VARIANTS:
-        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+        raise UnknownModelError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     for key in _TIMM_ONLY:
         kwargs.pop(key, None)
     cache_dir = kwargs.pop("cache_dir", None)
@@ -106,3 +122,11 @@ def reparameterize(model: nn.Module) -> nn.Module:
         if module is not model and hasattr(module, "reparameterize"):
             module.reparameterize()
     return model
+
+
+def is_deploy(model: nn.Module) -> bool:
+    """Whether every UniRepLKNet block inside ``model`` is in its deploy form (and there is at least one)."""
+    from unireplknet.models.unireplknet import UniRepLKNetBlock
+
+    blocks = [m for m in model.modules() if isinstance(m, UniRepLKNetBlock)]
+    return bool(blocks) and all(b.deploy for b in blocks)
