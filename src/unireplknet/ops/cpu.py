@@ -98,7 +98,8 @@ class _CpuDepthwiseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = weight_grad_gemm(x, grad_out, weight.shape[-1]).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+            acc = torch.promote_types(grad_out.dtype, torch.float32)  # fp32 sums; fp64 stays fp64
+            gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
         return gx, gw, gb, None, None
 
 
@@ -145,7 +146,7 @@ def weight_grad_gemm(x: torch.Tensor, grad_out: torch.Tensor, K: int) -> torch.T
     xs = F.pad(xs.reshape(C, N * Hp, Wp), (0, 0, 0, K - 1))  # (C, N*Hp + K-1, Wp)
     gs = F.pad(grad_out.transpose(0, 1), (0, 0, 0, 2 * P)).reshape(C, N * Hp, W)  # (C, N*Hp, W)
     gt = gs.transpose(1, 2)  # (C, W, N*Hp)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32, fp64 for fp64: never below the input
     out = torch.empty((C, K, K), dtype=acc, device=x.device)
     for i in range(K):
         d = torch.bmm(gt, xs[:, i:i + N * Hp])  # (C, W, Wp)
