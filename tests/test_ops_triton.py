@@ -106,7 +106,7 @@ def test_weight_grad_split_reduction_sums_partials() -> None:
     x = torch.randn(2, 2, 21, 19, generator=gen).to(DEV)
     g = torch.randn(2, 2, 21, 19, generator=gen).to(DEV)
     K = 7
-    cfg = dict(tk.wgrad_config(42, 19, K, 2), BM=16, rows_per_split=16, splits=3)  # 3 row splits of 16 rows
+    cfg = dict(tk.wgrad_config(42, 19, K, 2, torch.float32), BM=16, rows_per_split=16, splits=3)  # 3 splits × 16 rows
     gw = tk.dwconv_wgrad(x, g, K, config=cfg)
     xd = x.double().requires_grad_()
     wd = torch.zeros(2, 1, K, K, dtype=torch.float64, device=DEV, requires_grad=True)
@@ -177,7 +177,7 @@ def test_configs_respect_dot_minimums() -> None:
             for dt in (torch.float32, torch.bfloat16):
                 cfg = tk.fwd_config(64 * W, W, K, dt)
                 assert cfg["BM"] >= 16 and cfg["BW"] >= 16 and cfg["DK"] >= cfg["BW"] + K - 1
-            wc = tk.wgrad_config(4 * W, W, K, 384)
+            wc = tk.wgrad_config(4 * W, W, K, 384, dt)
             assert wc["KB"] >= K and wc["DK"] >= wc["BW"] + K - 1
             assert wc["splits"] * wc["rows_per_split"] >= 4 * W
             assert (wc["splits"] - 1) * wc["rows_per_split"] < 4 * W

@@ -143,10 +143,6 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _capability(x: torch.Tensor) -> int | None:
     """The CUDA compute capability of x's device as 80, 90, ...; None for CPU tensors (the interpreter)."""
     if not x.is_cuda:
@@ -163,9 +159,14 @@ def _precision(dtype: torch.dtype, capability: int | None) -> str:
     return "ieee"
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    # Triton 3.7's interpreter computes bf16 tl.dot wrongly (numpy has no bf16): upcast there only.
-    return dtype == torch.bfloat16 and _interpreting()
+def _upcast(dtype: torch.dtype, capability: int | None) -> bool:
+    # Triton 3.7's interpreter (CPU tensors) computes bf16 tl.dot wrongly (numpy has no bf16): upcast there only.
+    return dtype == torch.bfloat16 and capability is None
+
+
+def _numerics(dtype: torch.dtype, capability: int | None) -> dict:
+    """The kernels' PRECISION, ACC and UPCAST meta-parameters for this dtype on this GPU (None: interpreter)."""
+    return {"PRECISION": _precision(dtype, capability), "ACC": _acc(dtype), "UPCAST": _upcast(dtype, capability)}
 
 
 def _part_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -181,22 +182,29 @@ def fwd_config(rows: int, W: int, K: int, dtype: torch.dtype) -> dict[str, int]:
     """Tile sizes for the forward / input-grad kernel (shape-based, no autotuning).
 
     BW output columns per tile (16 or 32, ≥ the dot minimum of 16), DK = next_pow2(BW + K - 1) staged input
-    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block.
+    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block. fp32/fp64 with
+    DK > 64 (K ≥ 35) take BM = 16: larger tiles spill (or ptxas collapses to 32 registers and spills kilobytes)
+    on sm_80 / sm_90 (benchmarks/triton_aot.py).
     """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
-    big = dtype in (torch.float16, torch.bfloat16)
-    BM = 128 if (big and DK <= 64) else 64
+    half = dtype in (torch.float16, torch.bfloat16)
+    BM = (128 if DK <= 64 else 64) if half else (64 if DK <= 64 else 16)
     BM = min(BM, max(16, _next_pow2(rows)))
     num_warps = 8 if BM * DK >= 8192 else 4
     return {"BM": BM, "BW": BW, "DK": DK, "num_warps": num_warps}
 
 
-def wgrad_config(rows: int, W: int, K: int, C: int) -> dict[str, int]:
-    """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU."""
+def wgrad_config(rows: int, W: int, K: int, C: int, dtype: torch.dtype) -> dict[str, int]:
+    """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU.
+
+    fp32/fp64 run 8 warps (4 spill 430–440 bytes per thread at BM = 64 on sm_80 / sm_90) and BM = 16 when
+    DK > 64; fp16/bf16 4 warps up to DK = 128 (benchmarks/triton_aot.py).
+    """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
-    BM = min(64, max(16, _next_pow2(rows)))
+    wide = dtype in (torch.float32, torch.float64)
+    BM = min(16 if (wide and DK > 64) else 64, max(16, _next_pow2(rows)))
     n_wt = -(-W // BW)
     want = max(1, 2048 // max(1, C * n_wt))
     splits = max(1, min(want, -(-rows // (4 * BM))))
@@ -204,14 +212,14 @@ def wgrad_config(rows: int, W: int, K: int, C: int) -> dict[str, int]:
     rows_per_split = -(-rows_per_split // BM) * BM
     splits = -(-rows // rows_per_split)
     return {"BM": BM, "BW": BW, "DK": DK, "KB": max(16, _next_pow2(K)), "splits": splits,
-            "rows_per_split": rows_per_split, "num_warps": 4}
+            "rows_per_split": rows_per_split, "num_warps": 8 if (wide or DK > 128) else 4}
 
 
 def fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, flip: bool,
                cfg: dict[str, int], capability: int | None) -> tuple[tuple[int, int, int], tuple, dict]:
     """(grid, positional args, meta-parameters) of one forward-kernel launch; ``weight`` contiguous.
 
-    Shared by ``dwconv_fwd`` and the ahead-of-time compile check (tests/test_ops_triton_aot.py), so that
+    Shared by ``dwconv_fwd`` and the ahead-of-time compile check (benchmarks/triton_aot.py), so that
     check compiles exactly what a launch on a GPU of that ``capability`` compiles.
     """
     N, C, H, W = x.shape
@@ -219,8 +227,7 @@ def fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     grid = (triton.cdiv(N * H, cfg["BM"]), triton.cdiv(W, cfg["BW"]), C)
     args = (x, weight, bias if bias is not None else weight, y, N, C, H, W, *x.stride(), *y.stride())
     meta = dict(K=K, P=K // 2, FLIP=flip, HAS_BIAS=bias is not None, BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"],
-                PRECISION=_precision(x.dtype, capability), ACC=_acc(x.dtype), UPCAST=_upcast(x.dtype),
-                num_warps=cfg.get("num_warps", 4))
+                num_warps=cfg.get("num_warps", 4), **_numerics(x.dtype, capability))
     return grid, args, meta
 
 
@@ -231,8 +238,7 @@ def wgrad_launch(x: torch.Tensor, grad_out: torch.Tensor, part: torch.Tensor, K:
     grid = (C, triton.cdiv(W, cfg["BW"]), cfg["splits"])
     args = (x, grad_out, part, N, C, H, W, cfg["rows_per_split"], *x.stride(), *grad_out.stride())
     meta = dict(K=K, P=K // 2, KB=cfg["KB"], BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"],
-                PRECISION=_precision(x.dtype, capability), ACC=_acc(x.dtype), UPCAST=_upcast(x.dtype),
-                num_warps=cfg.get("num_warps", 4))
+                num_warps=cfg.get("num_warps", 4), **_numerics(x.dtype, capability))
     return grid, args, meta
 
 
@@ -265,7 +271,7 @@ def dwconv_wgrad(x: torch.Tensor, grad_out: torch.Tensor, K: int,
     N, C, H, W = x.shape
     if x.numel() == 0:
         return torch.zeros((C, 1, K, K), device=x.device, dtype=_part_dtype(x.dtype))
-    cfg = config or wgrad_config(N * H, W, K, C)
+    cfg = config or wgrad_config(N * H, W, K, C, x.dtype)
     part = torch.empty((cfg["splits"], triton.cdiv(W, cfg["BW"]), C, K, K), device=x.device,
                        dtype=_part_dtype(x.dtype))
     grid, args, meta = wgrad_launch(x, grad_out, part, K, cfg, _capability(x))
