@@ -182,24 +182,24 @@ def fwd_config(rows: int, W: int, K: int, dtype: torch.dtype) -> dict[str, int]:
     """Tile sizes for the forward / input-grad kernel (shape-based, no autotuning).
 
     BW output columns per tile (16 or 32, ≥ the dot minimum of 16), DK = next_pow2(BW + K - 1) staged input
-    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block. fp32/fp64 with
-    DK > 64 (K ≥ 35) take BM = 16: larger tiles spill (or ptxas collapses to 32 registers and spills kilobytes)
-    on sm_80 / sm_90 (benchmarks/triton_aot.py).
+    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block. 8 warps once
+    the staged tile (BM × DK) reaches 8 KB, and BM = 16 for fp32/fp64 with DK > 64 (K ≥ 35): with fewer warps
+    or more rows ptxas spills (or collapses to 32 registers) on sm_80 / sm_90 (benchmarks/triton_aot.py).
     """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
     half = dtype in (torch.float16, torch.bfloat16)
     BM = (128 if DK <= 64 else 64) if half else (64 if DK <= 64 else 16)
     BM = min(BM, max(16, _next_pow2(rows)))
-    num_warps = 8 if BM * DK >= 8192 else 4
+    num_warps = 8 if BM * DK * dtype.itemsize >= 8192 else 4
     return {"BM": BM, "BW": BW, "DK": DK, "num_warps": num_warps}
 
 
 def wgrad_config(rows: int, W: int, K: int, C: int, dtype: torch.dtype) -> dict[str, int]:
     """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU.
 
-    fp32/fp64 run 8 warps (4 spill 430–440 bytes per thread at BM = 64 on sm_80 / sm_90) and BM = 16 when
-    DK > 64; fp16/bf16 4 warps up to DK = 128 (benchmarks/triton_aot.py).
+    8 warps (with 4, ptxas spills up to 440 bytes per thread at BM = 64 on sm_80 / sm_90), BM = 16 for
+    fp32/fp64 when DK > 64 (benchmarks/triton_aot.py).
     """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
@@ -212,7 +212,7 @@ def wgrad_config(rows: int, W: int, K: int, C: int, dtype: torch.dtype) -> dict[
     rows_per_split = -(-rows_per_split // BM) * BM
     splits = -(-rows // rows_per_split)
     return {"BM": BM, "BW": BW, "DK": DK, "KB": max(16, _next_pow2(K)), "splits": splits,
-            "rows_per_split": rows_per_split, "num_warps": 8 if (wide or DK > 128) else 4}
+            "rows_per_split": rows_per_split, "num_warps": 8}
 
 
 def fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, flip: bool,
