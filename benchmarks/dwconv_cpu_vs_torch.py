@@ -5,11 +5,13 @@ For each K and each layout, in a fresh process, the candidates (conversions incl
                        torch via channels-last = F.conv2d(x.to(channels_last)).contiguous()
   NHWC in → NHWC out:  ours = dwconv2d(x);  torch direct = F.conv2d(x) (oneDNN keeps channels-last);
                        torch via NCHW = F.conv2d(x.contiguous()).to(channels_last)
-torch best = the faster of torch's two (by median). Every round runs every candidate once, in a freshly
-shuffled order; the figure is the median over rounds. ``--mode fwdbwd`` times forward + backward (grads for
-x and the weight, through the conversions).
+torch best = the faster of torch's two. Every round runs every candidate once, in a freshly shuffled order;
+one measurement repeats a call back to back for about ``--target-ms`` (so that a scheduler preemption on a
+shared CPU is averaged in, not a bimodal outlier); the figure is the median over rounds per call, and the
+ratio is also given from the minima over rounds (the least disturbed measurement of each). ``--mode fwdbwd``
+times forward + backward (grads for x and the weight, through the conversions).
 
-    python benchmarks/dwconv_cpu_vs_torch.py --threads 1 --batch 4 --res 32 --rounds 15
+    python benchmarks/dwconv_cpu_vs_torch.py --threads 1 --batch 4 --res 32 --rounds 21
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def candidates(layout: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], 
 
 
 def one(args: argparse.Namespace, K: int) -> dict:
-    """Medians (ms) of every candidate for one K, both layouts, interleaved in shuffled order."""
+    """Medians and minima (ms) of every candidate for one K, both layouts, interleaved in shuffled order."""
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(K)
     x = torch.randn(args.batch, args.channels, args.res, args.res, generator=gen)
@@ -59,17 +61,23 @@ def one(args: argparse.Namespace, K: int) -> dict:
             assert out.is_contiguous(memory_format=CL if layout == "nhwc" else torch.contiguous_format)
             steps[(layout, name)] = _step(f, xl, w, args.mode)
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
-    for step in steps.values():  # warm-up (oneDNN primitive creation)
+    calls = {}
+    for key, step in steps.items():  # warm-up (oneDNN primitive creation), then calls per measurement
         step()
+        t = time.perf_counter()
+        step()
+        calls[key] = max(1, round(args.target_ms / ((time.perf_counter() - t) * 1e3)))
     order = list(steps)
     rng = random.Random(K)
     for _ in range(args.rounds):
         rng.shuffle(order)
         for key in order:
             t = time.perf_counter()
-            steps[key]()
-            times[key].append((time.perf_counter() - t) * 1e3)
-    return {f"{layout}/{name}": statistics.median(v) for (layout, name), v in times.items()}
+            for _ in range(calls[key]):
+                steps[key]()
+            times[key].append((time.perf_counter() - t) * 1e3 / calls[key])
+    return {f"{layout}/{name}/{stat.__name__}": stat(v) for (layout, name), v in times.items()
+            for stat in (statistics.median, min)}
 
 
 def _step(f: Callable, x: torch.Tensor, w: torch.Tensor, mode: str) -> Callable[[], None]:
@@ -96,6 +104,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mode", choices=["fwd", "fwdbwd"], default="fwd")
+    p.add_argument("--target-ms", type=float, default=50.0, help="length of one measurement (calls repeated)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # worker: one K, prints JSON
     args = p.parse_args()
     if args.one is not None:
@@ -105,17 +114,19 @@ def main() -> None:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     print(f"# {cpu}, {args.threads} thread(s), torch {torch.__version__}; x ({args.batch}, {args.channels}, "
           f"{args.res}, {args.res}) fp32, one layer, {args.mode}; median of {args.rounds} rounds, each running "
-          "every candidate once in shuffled order; one fresh process per K")
-    print("| K | layout | ours ms | torch direct ms | torch via other layout ms | torch best / ours |")
-    print("|---|---|---|---|---|---|")
+          f"every candidate once (calls repeated for ~{args.target_ms:.0f} ms) in shuffled order; one fresh process "
+          "per K")
+    print("| K | layout | ours ms | torch direct ms | torch via other layout ms | torch best / ours | same, minima |")
+    print("|---|---|---|---|---|---|---|")
     worker = [sys.executable, __file__, *sys.argv[1:]]
     for K in args.ks:
         res = json.loads(subprocess.run([*worker, "--one", str(K)], check=True, capture_output=True,
                                         text=True).stdout.splitlines()[-1])
         for layout in ("nchw", "nhwc"):
-            ours, d, o = (res[f"{layout}/{n}"] for n in ("ours", "torch_direct", "torch_other"))
-            print(f"| {K} | {layout.upper()} | {ours:.2f} | {d:.2f} | {o:.2f} | {min(d, o) / ours:.2f}x |",
-                  flush=True)
+            ours, d, o = (res[f"{layout}/{n}/median"] for n in ("ours", "torch_direct", "torch_other"))
+            m_ours, m_d, m_o = (res[f"{layout}/{n}/min"] for n in ("ours", "torch_direct", "torch_other"))
+            print(f"| {K} | {layout.upper()} | {ours:.2f} | {d:.2f} | {o:.2f} | {min(d, o) / ours:.2f}x | "
+                  f"{min(m_d, m_o) / m_ours:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,15 @@ def test_cpu_gradcheck_float64(K: int, strategy: str) -> None:
     assert torch.autograd.gradcheck(lambda *a: dwconv2d_cpu(*a, strategy=strategy), (x, w, b), fast_mode=True)
 
 
+@pytest.mark.parametrize("layout,K,ours", [("contiguous", 3, False), ("contiguous", 5, True),
+                                            ("channels_last", 11, False), ("channels_last", 13, True)])
+def test_cpu_backward_is_ours_only_where_measured_faster(layout: str, K: int, ours: bool) -> None:
+    """GEMM_WGRAD_MIN_K (NCHW) = 5, GEMM_WGRAD_MIN_K_NHWC = 13: below them oneDNN's own backward runs."""
+    x = _layout(torch.randn(1, 2, 6, 6), layout).requires_grad_()
+    y = dwconv2d_cpu(x, torch.randn(2, 1, K, K))
+    assert ("CpuDepthwiseConv2d" in type(y.grad_fn).__name__) == ours
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("K", [3, 7, 13, 17, 31])
 def test_cpu_float64_accumulates_in_float64(K: int, layout: str) -> None:
