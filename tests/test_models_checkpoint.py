@@ -77,7 +77,7 @@ def offline(monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
 
-def test_pretrained_fromrelease(tmp_path, offline):
+def test_pretrained_from_fake_hub(tmp_path, offline):
     released = unireplknet.create_model("unireplknet_a")
     release(tmp_path, "unireplknet_a", "in1k", released.state_dict())
     model = unireplknet.create_model("unireplknet_a", pretrained=True, cache_dir=tmp_path)
