@@ -50,8 +50,10 @@ def test_h_variant_is_about_1_4b_params():
 
 
 def test_list_models_and_stage3_layout():
-    assert unireplknet.list_models() == list(VARIANTS)
-    assert unireplknet.list_models("*_x*") == ["unireplknet_xl"]
+    assert unireplknet.list_models("unireplknet_*") == list(VARIANTS)
+    assert unireplknet.list_models("unireplknet_x*") == ["unireplknet_xl"]
+    dense = unireplknet.list_models("*rcnn*")
+    assert len(dense) == 18 and "cascade_mask_rcnn_unireplknet_t" in dense and "mask_rcnn_unireplknet_xl" in dense
     with torch.device("meta"):
         t = unireplknet.create_model("unireplknet_t")
         s = unireplknet.create_model("unireplknet_s")
