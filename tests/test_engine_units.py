@@ -11,12 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from unireplknet.engine.checkpoint import atomic_save, get_rng_state, set_rng_state
+from unireplknet.engine.checkpoint import get_rng_state, set_rng_state
 from unireplknet.engine.config import available_configs, load_config, make_config
-from unireplknet.engine.loops import evaluate
-from unireplknet.engine.report import confusion_matrix, write_report
+from unireplknet.engine.metrics import MetricsRecorder, read_metrics
+from unireplknet.engine.report import plot_confusion, plot_curves, write_report
+from unireplknet.engine.task import EvalContext
 from unireplknet.errors import UserError
+from unireplknet.tasks import get_task
 from unireplknet.tasks.classification import topk_correct
+from unireplknet.utils.atomic import atomic_save
 
 
 def test_config_layers_defaults_recipe_and_flags(tmp_path: Path) -> None:
@@ -79,31 +82,52 @@ def test_topk_and_evaluate() -> None:
     y = model(x).argmax(1)
     y[0] = (y[0] + 1) % 3
     loader = [(x[:6], y[:6]), (x[6:], torch.cat([y[6:9], torch.tensor([-1])]))]  # one unreadable sample
-    out = evaluate(model, loader, device=torch.device("cpu"), gather=True)
-    assert out["val_samples"] == 9 and out["val_corrupt"] == 1
-    assert out["val_acc1"] == pytest.approx(100 * 8 / 9)
-    assert len(out["preds"]) == len(out["targets"]) == 9
+    out = get_task("classification").evaluate(model, loader, EvalContext(torch.device("cpu"), detailed=True))
+    assert out["samples"] == 9 and out["corrupt"] == 1
+    assert out["acc1"] == pytest.approx(100 * 8 / 9)
+    cm = out["confusion_matrix"]
+    assert cm.sum() == 9 and cm.trace() == 8 and cm[y[0].item(), (y[0].item() - 1) % 3] == 1
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(torch.cat([x[:9]])), torch.cat([y[:9]]))
+    assert out["loss"] == pytest.approx(float(loss), rel=1e-5)
 
 
-def test_confusion_matrix_and_report(tmp_path: Path) -> None:
-    cm = confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], 3)
-    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+def test_curves_confusion_and_report(tmp_path: Path) -> None:
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc1": 50.0 + e, "lr": 1e-3}
             for e in (1, 2, 3)]
-    paths = write_report(tmp_path, rows, cm, ["a", "b", "c"], {"val_acc1": 66.7, "model": "m"})
-    for key in ("loss", "accuracy", "confusion_matrix", "report"):
-        assert paths[key].is_file() and paths[key].stat().st_size > 100
-    assert paths["loss"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "66.7" in paths["report"].read_text()
+    figures = plot_curves(rows, tmp_path, {"accuracy": "acc1"})
+    figures["confusion_matrix"] = plot_confusion(np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1]]), ["a", "b", "c"],
+                                                 tmp_path / "cm.png")
+    report = write_report(tmp_path, {"val_acc1": 66.7, "model": "m", "paths": {}}, figures)
+    for path in figures.values():
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(figures) == {"loss", "accuracy", "confusion_matrix"}
+    text = report.read_text()
+    assert "66.7" in text and "![accuracy](accuracy.png)" in text and "paths" not in text
 
 
 def test_resume_trims_metric_rows_after_the_checkpoint_and_torn_rows(tmp_path: Path) -> None:
-    from unireplknet.engine.report import read_metrics
-    from unireplknet.engine.trainer import _trim_metrics
-
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "train_loss": 1}\n{"epoch": 2, "train_loss": 0.5}\n{"epoch": 3, "tra')
     assert [r["epoch"] for r in read_metrics(path)] == [1, 2]
-    _trim_metrics(path, 1)
+    MetricsRecorder(tmp_path, epochs=3, primary="acc1").trim(1)
     assert [r["epoch"] for r in read_metrics(path)] == [1]
     assert path.read_text().endswith("\n")
+
+
+@pytest.mark.parametrize("sched,expected", [
+    ("cosine", {0.5: 0.5, 1.0: 1.0, 5.5: 0.5, 10.0: 0.0}),  # cosine over the 9 epochs after warm-up: mid at 5.5
+    ("poly", {0.5: 0.5, 1.0: 0.9, 5.0: 0.5, 9.0: 0.1}),  # (1 - t / 10) ** 1 after the warm-up
+    ("step", {0.5: 0.5, 5.99: 1.0, 6.0: 0.1, 8.0: 0.01}),  # x0.1 at epochs 6 and 8 exactly
+])
+def test_lr_schedules_in_fractional_epochs(sched: str, expected: dict[float, float]) -> None:
+    from unireplknet.engine.run import _optimizer_and_schedule
+
+    cfg = make_config({"epochs": 10, "lr": 1.0, "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0, "sched": sched,
+                       "decay_epochs": [6, 8], "weight_decay": 0.0})
+    optimizer, scheduler = _optimizer_and_schedule(nn.Linear(2, 2), cfg)
+    for t, lr in expected.items():
+        scheduler.step(t)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-6), (sched, t)
+    with pytest.raises(UserError, match="decay_epochs"):
+        make_config({"sched": "step"})

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from unireplknet.engine.export import atomic_path, export_onnx, onnx_op_types, verify_onnx
+from unireplknet.engine.export import export_onnx, onnx_op_types, verify_onnx
+from unireplknet.errors import UserError
+from unireplknet.utils.atomic import atomic_file
 
 
 def _tiny_convnet() -> nn.Module:
@@ -41,14 +43,33 @@ def test_verify_detects_a_different_model(tmp_path):
     assert verify_onnx(model, path, torch.randn(2, 3, 16, 16)) > 0.5
 
 
-def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+def test_atomic_file_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "x.bin"
     target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("partial")
+    with pytest.raises(RuntimeError), atomic_file(target) as f:
+        f.write(b"partial")
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
-    with atomic_path(target) as tmp:
-        tmp.write_text("new")
+    with atomic_file(target) as f:
+        f.write(b"new")
     assert target.read_text() == "new"
+
+
+def test_atomic_file_removes_temp_files_of_dead_writers_and_names_unwritable_paths(tmp_path):
+    target = tmp_path / "m.onnx"
+    dead = tmp_path / ".m.onnx.999999999.abc.tmp"  # a writer killed with -9 (no such pid)
+    dead.write_bytes(b"")
+    live = tmp_path / f".m.onnx.{__import__('os').getpid()}.xyz.tmp"  # a writer still running: kept
+    live.write_bytes(b"")
+    with atomic_file(target) as f:
+        f.write(b"x")
+    assert not dead.exists() and live.exists()
+    with pytest.raises(UserError, match="cannot write .* a parent of it is a file"), atomic_file(target / "s") as f:
+        f.write(b"x")
+
+
+def test_export_refuses_unsupported_opsets(tmp_path):
+    with pytest.raises(UserError, match="opset 5 is not supported"):
+        export_onnx(_tiny_convnet(), tmp_path / "m.onnx", input_size=(3, 8, 8), opset=5)
+    assert not list(tmp_path.iterdir())

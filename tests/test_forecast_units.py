@@ -163,3 +163,12 @@ def test_csv_stations_align_and_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no .csv files"):
         (tmp_path / "empty").mkdir()
         load_csv_stations(tmp_path / "empty", "timestamp", ["temp"])
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (3, 5), (7, 2), (6, 6)])
+def test_head_pooling_matrix_is_adaptive_average_pooling(h: int, w: int) -> None:
+    from unireplknet.modalities.timeseries import adaptive_pool_matrix
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    got = torch.einsum("ph,nchw,qw->ncpq", adaptive_pool_matrix(h, 2), x, adaptive_pool_matrix(w, 2))
+    torch.testing.assert_close(got, torch.nn.functional.adaptive_avg_pool2d(x, 2), rtol=0, atol=1e-14)

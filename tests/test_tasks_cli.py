@@ -38,7 +38,7 @@ def _user_error(capsys: pytest.CaptureFixture, argv: list[str], expect: str) -> 
 def test_registry() -> None:
     assert {"classification", "audio", "forecast"} <= set(available_tasks())
     assert get_task(None).name == "classification" and get_task("forecast").mode == "min"
-    assert get_task("audio").primary_metric == "val_acc1" and get_task("audio").mode == "max"
+    assert get_task("audio").primary_metric == "acc1" and get_task("audio").mode == "max"
     with pytest.raises(UserError, match="unknown task"):
         get_task("smell")
 

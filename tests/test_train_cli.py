@@ -74,6 +74,10 @@ def test_resume_continues_bit_exactly(tmp_path: Path) -> None:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2], "the partial epoch's row is replaced on resume"
+    straight_rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    # the resumed epoch's train_loss covers the whole epoch (the part before the resume was checkpointed)
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in straight_rows]
+    assert rows[0]["resumed_at_step"] == 3 and "resumed_at_step" not in rows[1]
 
 
 def test_finetune_with_a_new_head(tmp_path: Path) -> None:
@@ -119,7 +123,7 @@ def test_corrupt_images_are_counted_and_skipped(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train(out, "--data", str(data), "--epochs", "2", "--batch-size", "4", "--no-export") == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["corrupt_images"] >= 3  # each broken file is met every epoch
+    assert summary["corrupt_samples"] >= 3  # each broken file is met every epoch
     assert "skipping unreadable image" in (out / "train.log").read_text()
 
 

@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from unireplknet.modalities.video import (
-    FrameTiler,
-    grid_shape,
-    sample_frame_indices,
-    tile_frames,
-    untile_frames,
-)
+from unireplknet.data.video import sample_frame_indices
+from unireplknet.modalities.video import FrameTiler, grid_shape, tile_frames, untile_frames
 
 
 def test_grid_shapes() -> None:

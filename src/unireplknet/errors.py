@@ -15,3 +15,7 @@ class UnknownModelError(UserError, ValueError):
 
 class PretrainedUnavailableError(UserError, RuntimeError):
     """Pretrained weights that could not be fetched (offline, not cached, or no such release)."""
+
+
+class WriteError(UserError):
+    """An output that cannot be written (full disk, no permission, a file where a folder should be)."""

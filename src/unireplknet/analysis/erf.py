@@ -134,7 +134,7 @@ def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from unireplknet.engine.atomic import atomic_path
+    from unireplknet.utils.atomic import atomic_file
 
     n = len(erfs)
     if n == 0:
@@ -157,7 +157,7 @@ def plot_erfs(erfs: Mapping[str, np.ndarray], path: str | os.PathLike,
                  fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
     log.info("saved ERF plot to %s", path)
     return path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,8 +17,9 @@ log = logging.getLogger(__name__)
 def measure_throughput(model: nn.Module, batch_size: int, img_size: int | tuple[int, int],
                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                        channels_last: bool = False, warmup: int = 3, iters: int = 10,
-                       in_chans: int = 3) -> dict:
-    """Time ``iters`` forward passes of ``model`` on a random batch (batch_size, in_chans, H, W).
+                       in_chans: int = 3, sample_shape: Sequence[int] | None = None) -> dict:
+    """Time ``iters`` forward passes of ``model`` on a random batch (batch_size, in_chans, H, W), or
+    (batch_size, *sample_shape) for a model whose input is not an image (audio, point clouds, video, ...).
 
     The model is moved in place to ``device``/``dtype`` (channels-last memory format if asked) and put in eval
     mode. On CUDA each pass is timed with CUDA events after a synchronize; on CPU with ``perf_counter``.
@@ -30,7 +32,10 @@ def measure_throughput(model: nn.Module, batch_size: int, img_size: int | tuple[
     device = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, dtype=dtype, memory_format=memory_format).eval()
-    x = torch.randn(batch_size, in_chans, h, w, device=device, dtype=dtype).to(memory_format=memory_format)
+    shape = tuple(sample_shape) if sample_shape is not None else (in_chans, h, w)
+    x = torch.randn(batch_size, *shape, device=device, dtype=dtype)
+    if len(shape) == 3:
+        x = x.to(memory_format=memory_format)
     cuda = device.type == "cuda"
     times_ms: list[float] = []
     with torch.inference_mode():
@@ -57,7 +62,8 @@ def measure_throughput(model: nn.Module, batch_size: int, img_size: int | tuple[
         "latency_ms_mean": statistics.fmean(times_ms),
         "latency_ms_min": min(times_ms),
         "batch_size": batch_size,
-        "img_size": [h, w],
+        "img_size": [h, w] if sample_shape is None else None,
+        "input_shape": list(x.shape),
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "channels_last": channels_last,

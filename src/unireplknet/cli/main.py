@@ -8,9 +8,12 @@ ends the program with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import re
+import signal
 import sys
 
 from unireplknet.errors import UserError
@@ -34,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """An error message as one line: terminal colour codes removed, lines joined."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: unwind like Ctrl-C, so temp files are removed and checkpoints kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,15 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = None
+    with contextlib.suppress(ValueError):  # (not the main thread: keep the default)
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except UserError as err:
+    except (UserError, OSError) as err:  # OSError: the environment (a full disk, a missing permission)
+        message = _one_line(err) if isinstance(err, UserError) else \
+            f"{err.strerror or type(err).__name__}: {err.filename or ''}".rstrip(": ")
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0, not one per process
-            sys.stderr.write(f"unireplknet {args.command}: error: {err}\n")
+            sys.stderr.write(f"unireplknet {args.command}: error: {message}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"unireplknet {args.command}: interrupted\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

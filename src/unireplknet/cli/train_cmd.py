@@ -1,38 +1,33 @@
 """`unireplknet train`: train a UniRepLKNet classifier (single process, or DDP under torchrun).
 
-With no arguments it trains a small UniRepLKNet on the embedded digits dataset (the ``digits`` recipe),
+With no arguments it trains a small UniRepLKNet on the built-in digits dataset (the ``digits`` recipe),
 then evaluates, re-parameterizes, exports to ONNX and writes a report into ``runs/train-<time>/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
-from unireplknet.cli._common import nonneg_int, positive_int
+from unireplknet.cli._common import image_size, nonneg_int, positive_int
 from unireplknet.errors import UserError
 
-# flag -> config field (flags left unset keep the recipe's value)
-_FIELD_FLAGS = {
-    "task": "task", "data": "data", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
-    "output": "output",
-    "device": "device", "lr": "lr", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs",
-    "workers": "workers", "img_size": "img_size", "amp": "amp", "accum_steps": "accum_steps",
-    "drop_path": "drop_path", "mixup": "mixup", "cutmix": "cutmix", "smoothing": "smoothing",
-    "layer_decay": "layer_decay", "seed": "seed", "finetune": "finetune", "pretrained": "pretrained",
-    "grad_checkpointing": "grad_checkpointing", "channels_last": "channels_last", "compile": "compile",
-    "model_ema": "model_ema", "model_ema_decay": "model_ema_decay", "max_steps": "max_steps",
-    "limit_train_batches": "limit_train_batches", "limit_val_batches": "limit_val_batches",
-    "save_interval_steps": "save_interval_steps", "export_onnx": "export_onnx", "clip_grad": "clip_grad",
-}
+# flags that set the config field of the same name (flags left unset keep the recipe's value)
+_FIELD_FLAGS = ("task", "data", "model", "epochs", "batch_size", "output", "device", "lr", "weight_decay",
+                "warmup_epochs", "workers", "img_size", "amp", "accum_steps", "drop_path", "mixup", "cutmix",
+                "smoothing", "layer_decay", "seed", "finetune", "pretrained", "grad_checkpointing", "channels_last",
+                "compile", "model_ema", "model_ema_decay", "max_steps", "limit_train_batches", "limit_val_batches",
+                "save_interval_steps", "export_onnx", "clip_grad", "tensorboard")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a classifier (default: a small UniRepLKNet on the embedded digits dataset)",
-        description="Train UniRepLKNet. With no arguments: the embedded digits dataset, then evaluation, "
+        "train", help="train a classifier (default: a small UniRepLKNet on the built-in digits dataset)",
+        description="Train UniRepLKNet. With no arguments: the built-in digits dataset, then evaluation, "
                     "re-parameterization, ONNX export and a report. Run under `torchrun --nproc_per_node N "
                     "-m unireplknet train ...` for DDP.")
     g = p.add_argument_group("run")
@@ -56,10 +51,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--workers", type=nonneg_int, metavar="N", help="data loader processes per rank")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key (VALUE parsed as JSON when it can be), repeatable")
+                   help="override any config key (VALUE parsed as JSON when it can be; task_args.NAME=VALUE sets "
+                        "one task setting), repeatable")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-export", dest="export_onnx", action="store_false", default=None,
                    help="skip the ONNX export at the end")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard event files to <output>/tensorboard (extra: tensorboard)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, help="absolute lr (default: lr_base x global batch / lr_base_size)")
     o.add_argument("--weight-decay", type=float)
@@ -71,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--mixup", type=float)
     o.add_argument("--cutmix", type=float)
     o.add_argument("--smoothing", type=float)
-    o.add_argument("--img-size", type=positive_int)
+    o.add_argument("--img-size", type=image_size, metavar="N", help="input resolution (8…4096)")
     o.add_argument("--model-ema", action="store_true", default=None)
     o.add_argument("--model-ema-decay", type=float)
     o.add_argument("--pretrained", action="store_true", default=None, help="start from the official weights")
@@ -92,51 +90,75 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (VALUE parsed as JSON when it can be); ``task_args.NAME=VALUE`` sets one task setting."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise UserError(f"--set expects KEY=VALUE, got '{item}'")
         try:
-            out[key.strip()] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            parsed = value
+        if key.startswith("task_args."):
+            out.setdefault("task_args.", {})[key[len("task_args."):]] = parsed
+        else:
+            out[key] = parsed
     return out
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the flags that were given (unset flags are absent)."""
     out = _parse_set(getattr(args, "set", []) or [])
-    for flag, key in _FIELD_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            out[key] = value
+    out.update({key: getattr(args, key) for key in _FIELD_FLAGS if getattr(args, key, None) is not None})
     return out
 
 
+def _resume_path(output: str | None, resume: str) -> Path:
+    """``--resume`` (``auto``: ``<output>/last.pt``) or a checkpoint file / run folder -> the file to resume."""
+    if resume == "auto":
+        if output is None:
+            raise UserError("--resume needs --output DIR (the run folder to continue) or a checkpoint path")
+        path = Path(output) / "last.pt"
+    else:
+        path = Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume)
+    if not path.is_file():
+        raise UserError(f"nothing to resume: '{path}' does not exist; start a new run without --resume")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
-    from unireplknet.engine.config import load_config, validate
-    from unireplknet.engine.trainer import config_for_resume, resolve_resume, train
+    from unireplknet.engine.config import load_config
+    from unireplknet.engine.finalize import summary_text
+    from unireplknet.engine.run import config_from_checkpoint, train
+    from unireplknet.models.checkpoint import read_checkpoint
+    from unireplknet.tasks import get_task
 
     overrides = overrides_from_args(args)
-    resume = resolve_resume(args.output, args.resume)
-    if resume is not None:
+    task_args = overrides.pop("task_args.", {})
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --output and --overwrite replaces it: choose one")
+    checkpoint = None
+    if args.resume:
+        path = _resume_path(args.output, args.resume)
         if args.config:
-            logging.getLogger(__name__).warning("--config is ignored with --resume: the run's stored config "
-                                                "is used (flags given now still override it)")
-        cfg = config_for_resume(resume, overrides)
+            logging.getLogger(__name__).warning("--config is ignored with --resume: the run's stored config is used "
+                                                "(flags given now still override it)")
+        checkpoint = read_checkpoint(path)
+        cfg = config_from_checkpoint(checkpoint, overrides)
         if args.output is None:
-            cfg.output = str(resume.parent)
+            cfg.output = str(path.parent)
     else:
         cfg = load_config(_recipe(args.config, args.task), overrides)
     if args.model is not None and "arch" not in overrides:
-        cfg.arch = None  # a named model replaces the recipe's custom architecture
-        validate(cfg)
-    summary = train(cfg, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
+        cfg = dataclasses.replace(cfg, arch=None)  # a named model replaces the recipe's custom architecture
+    if task_args:
+        cfg = dataclasses.replace(cfg, task_args={**cfg.task_args, **task_args})
+    task = get_task(cfg.task)
+    summary = train(task, cfg, resume=checkpoint, overwrite=args.overwrite, progress=not args.no_progress)
     if summary:
-        from unireplknet.tasks import get_task
-
-        get_task(summary.get("task")).print_summary(summary)
+        print(summary_text(task, summary))
     return 0
 
 

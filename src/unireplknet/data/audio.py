@@ -1,5 +1,5 @@
 """Audio datasets: fixed-length waveform clips with labels, from the Speech Commands v2 layout, a generic
-"one folder per label" layout, or arrays in memory (the embedded synthesized words).
+"one folder per label" layout, or arrays in memory (the built-in synthesized words).
 
 Samples are ``(wave (N,) float32 in [-1, 1], label)``; the fbank is computed on the batch by the model's
 embedder (:mod:`unireplknet.modalities.audio`). Files are decoded with soundfile.
@@ -21,7 +21,6 @@ from unireplknet.errors import UserError
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
-BACKGROUND = "_background_noise_"
 
 
 def fix_length(wave: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -81,7 +80,6 @@ class WaveformDataset(Dataset):
         self.sources, self.labels = list(sources), [int(y) for y in labels]
         self.clip_samples, self.sample_rate = clip_samples, sample_rate
         self.train, self.noise_snr, self.seed = train, noise_snr, seed
-        self._epoch_rng = np.random.default_rng()
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -165,7 +163,7 @@ def audio_splits(root: Path) -> tuple[dict[str, list[tuple[Path, int]]], list[st
     """Detect the layout of ``root`` -> (splits, class names, layout name); UserErrors for empty data."""
     if not root.is_dir():
         raise UserError(f"audio folder '{root}' does not exist; pass --data DIR (Speech Commands layout or "
-                        "one folder per label) or leave --data out for the embedded spoken words")
+                        "one folder per label) or leave --data out for the built-in spoken words")
     if (root / "validation_list.txt").is_file() and (root / "testing_list.txt").is_file():
         splits, names = speech_commands_splits(root)
         layout = "speech_commands"

@@ -1,4 +1,4 @@
-"""Image classification datasets: ImageFolder trees (corrupt images skipped) and the embedded digits set.
+"""Image classification datasets: ImageFolder trees (corrupt images skipped) and the built-in digits set.
 
 Both return ``(image, target)`` with a PIL image before the transform. A sample whose file cannot be
 decoded comes back as ``(zeros, -1)`` after the transform and a warning is logged once per file;
@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,21 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 CORRUPT_TARGET = -1
 
 
+def cache_dir() -> Path:
+    """Where built-in datasets are generated once and kept: ``$UNIREPLKNET_CACHE`` (default
+    ``~/.cache/unireplknet``)."""
+    return Path(os.environ.get("UNIREPLKNET_CACHE", Path.home() / ".cache" / "unireplknet"))
+
+
+def data_folder(path: str | os.PathLike, expected: str) -> Path:
+    """``path`` as a folder; a UserError that says whether it is missing or a file, and what is ``expected``."""
+    root = Path(path)
+    if root.is_dir():
+        return root
+    state = "is a file, not a folder" if root.exists() else "does not exist"
+    raise UserError(f"data '{root}' {state}; pass --data with {expected}")
+
+
 class ImageFolderDataset(Dataset):
     """``root/<class>/<image>`` (torchvision's ImageFolder layout) with corrupt-image skipping.
 
@@ -36,7 +52,7 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"data folder '{self.root}' does not exist; pass --data DIR with train/ and val/ "
-                            "class folders (or --data digits for the embedded dataset)")
+                            "class folders (or --data digits for the built-in dataset)")
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not found:
             raise UserError(f"'{self.root}' has no class folders; put the images of each class in "
@@ -145,9 +161,10 @@ class DigitsDataset(Dataset):
         return img, self.labels[index]
 
 
-def drop_corrupt(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Remove the placeholder samples of unreadable images; returns (images, targets, number removed)."""
-    if targets.dim() != 1 or targets.is_floating_point():  # regression / soft targets: no placeholders
+def drop_corrupt(images: Any, targets: Any) -> tuple[Any, Any, int]:
+    """Remove the placeholder samples of unreadable images; returns (images, targets, number removed). Only class
+    labels (a 1-D integer tensor) carry the placeholder; other targets (masks, boxes, values) pass unchanged."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or targets.is_floating_point():
         return images, targets, 0
     keep = targets != CORRUPT_TARGET
     n_bad = int((~keep).sum())

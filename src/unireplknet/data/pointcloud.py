@@ -1,5 +1,5 @@
 """Point cloud datasets (paper §3.3, Table 10): ModelNet40 (HDF5 and .off meshes), ScanObjectNN (HDF5) and
-the embedded procedurally generated shapes, plus normalization, resampling and train-time augmentation.
+the built-in procedurally generated shapes, plus normalization, resampling and train-time augmentation.
 
 Every dataset returns ``(points (P, 3) float32, label)``, centred and scaled into the unit sphere.
 """
@@ -20,7 +20,7 @@ from unireplknet.errors import UserError
 log = logging.getLogger(__name__)
 
 __all__ = ["H5PointCloudDataset", "OffMeshDataset", "PointAugment", "ProceduralShapes", "find_h5_split",
-           "normalize_points", "read_off", "resample_points", "sample_mesh"]
+           "normalize_points", "read_off", "read_point_file", "resample_points", "sample_mesh"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -236,6 +236,30 @@ class OffMeshDataset(_CloudDataset):
             self.labels.append(lab)
 
 
+POINT_FILE_SUFFIXES = (".off", ".npy", ".xyz", ".txt", ".pts")
+
+
+def read_point_file(path: Path, num_points: int, seed: int = 0) -> np.ndarray:
+    """One cloud from a file -> (num_points, 3) float32, normalized: an OFF mesh (surface-sampled), a ``.npy``
+    array (N, >=3) or a text file of x y z rows (``.xyz``/``.txt``/``.pts``; commas or spaces)."""
+    rng = np.random.default_rng(seed)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".off":
+            verts, tris = read_off(path)
+            points = sample_mesh(verts, tris, max(num_points, 2048), rng)
+        elif suffix == ".npy":
+            points = np.load(path, allow_pickle=False)
+        else:
+            points = np.loadtxt(path, delimiter="," if "," in path.read_text()[:1000] else None, ndmin=2)
+    except (ValueError, OSError) as err:
+        raise UserError(f"cannot read points from '{path}' ({type(err).__name__}); expected "
+                        f"{', '.join(POINT_FILE_SUFFIXES)}") from None
+    points = np.asarray(points, dtype=np.float64)
+    check_cloud(points, f"'{path}'")
+    return resample_points(normalize_points(points[:, :3]), num_points, rng).astype(np.float32)
+
+
 def looks_like_off_tree(root: Path) -> bool:
     return root.is_dir() and any(root.glob("*/train/*.off"))
 
@@ -325,7 +349,7 @@ def make_shape(label: int, num_points: int, rng: np.random.Generator, max_tilt: 
 
 
 class ProceduralShapes(_CloudDataset):
-    """The embedded point cloud dataset: ``per_class`` random instances of each of the 8 :data:`SHAPES`
+    """The built-in point cloud dataset: ``per_class`` random instances of each of the 8 :data:`SHAPES`
     (see :func:`make_shape`). Splits use disjoint seeds, so the held-out clouds are never seen in training."""
 
     class_names = list(SHAPES)

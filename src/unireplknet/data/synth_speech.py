@@ -1,4 +1,4 @@
-"""The embedded spoken-words dataset: words synthesized offline with eSpeak NG (the library and voices
+"""The built-in spoken-words dataset: words synthesized offline with eSpeak NG (the library and voices
 shipped by the ``espeakng-loader`` wheel), many voices, speeds and pitches; cached as one ``.npz``.
 
 Clips are 16 kHz mono int16, padded/cropped to ``clip_seconds`` with the word at a random offset. Voices
@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unireplknet.data.datasets import cache_dir
 from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,6 @@ ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029")
 SAMPLE_RATE = 16000
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("UNIREPLKNET_CACHE", Path.home() / ".cache" / "unireplknet"))
-
-
 class _ESpeak:
     """Minimal ctypes binding of libespeak-ng (synchronous synthesis into memory)."""
 
@@ -52,7 +48,7 @@ class _ESpeak:
         try:
             import espeakng_loader
         except ImportError as err:
-            raise UserError("the embedded speech dataset needs eSpeak NG: pip install 'unireplknet[audio]' "
+            raise UserError("the built-in speech dataset needs eSpeak NG: pip install 'unireplknet[audio]' "
                             "(espeakng-loader), or pass --data DIR with audio files") from err
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.libc = ctypes.CDLL(None)

@@ -1,4 +1,4 @@
-"""Time-series data for forecasting: stations (CSV files, or the embedded pvlib weather) aligned on their
+"""Time-series data for forecasting: stations (CSV files, or the built-in pvlib weather) aligned on their
 timestamps, standardized with training statistics, cut into sliding windows, split chronologically; and the
 baselines (persistence, seasonal naive, ridge on the window).
 
@@ -22,7 +22,6 @@ from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
 
-N_TIME_FEATS = 4
 WEATHER_FILES = ("703165TY.csv", "723170TYA.CSV", "12839.tm2")  # pvlib's bundled TMY files: 3 stations
 WEATHER_VARS = ("temp_air", "wind_speed", "relative_humidity", "temp_dew")
 
@@ -64,15 +63,18 @@ def read_station_csv(path: Path, time_col: str, variables: Sequence[str]):
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise UserError(f"cannot read CSV '{path}' ({err}); is it a comma-separated file?") from None
+        raise UserError(f"cannot read CSV '{path}' ({str(err).splitlines()[0]}); is it a comma-separated file?") \
+            from None
     missing = [c for c in [time_col, *variables] if c not in df.columns]
     if missing:
         raise UserError(f"'{path}' has no column(s) {', '.join(missing)} (it has {', '.join(map(str, df.columns))});"
                         " set task_args.time_col / task_args.variables to its column names")
     try:
         index = pd.to_datetime(df[time_col])
-    except (ValueError, TypeError) as err:
-        raise UserError(f"'{path}': column '{time_col}' is not a timestamp ({err})") from None
+    except (ValueError, TypeError) as err:  # (pandas appends advice about arguments the CLI cannot pass)
+        reason = str(err).split(". You might want to try")[0].splitlines()[0]
+        raise UserError(f"'{path}': column '{time_col}' is not a timestamp ({reason}); write every row's time "
+                        "in one format, e.g. 2020-01-31 13:00") from None
     out = df[list(variables)].apply(pd.to_numeric, errors="coerce")
     out.index = index
     return out
@@ -109,7 +111,8 @@ def load_csv_stations(root: Path, time_col: str, variables: Sequence[str]) -> Se
     elif root.is_dir():
         files = sorted(p for p in root.iterdir() if p.suffix.lower() == ".csv")
     else:
-        raise UserError(f"data '{root}' does not exist; pass a CSV file or a folder of CSV files (one per station)")
+        raise UserError(f"data '{root}' does not exist; pass a CSV file or a folder of CSV files (one per station), "
+                        "or --data weather")
     if not files:
         raise UserError(f"'{root}' holds no .csv files; pass a folder of station CSVs")
     if not variables:
@@ -125,7 +128,7 @@ def load_pvlib_weather(variables: Sequence[str] = WEATHER_VARS) -> Series:
         import pvlib
         from pvlib import iotools
     except ImportError as err:
-        raise UserError("the embedded weather data needs pvlib: pip install 'unireplknet[forecast]', or "
+        raise UserError("the built-in weather data needs pvlib: pip install 'unireplknet[forecast]', or "
                         "pass --data with station CSV files") from err
     import pandas as pd
 

@@ -1,8 +1,8 @@
 """Video datasets (paper §3.3, eq. 5; Table 9): folders of video files (decoded with PyAV), folders of frame
-images (Kinetics-style ``root/<class>/<clip>/`` or a CSV of ``path,label``), and the embedded moving-digits
+images (Kinetics-style ``root/<class>/<clip>/`` or a CSV of ``path,label``), and the built-in moving-digits
 motion dataset. Every dataset returns ``(frames (NF, 3, h, w) float32 normalized, label)``.
 
-Clips are sampled to NF frames by :func:`unireplknet.modalities.video.sample_frame_indices` (``random``
+Clips are sampled to NF frames by :func:`sample_frame_indices` (``random``
 segments when training, ``uniform`` otherwise). The first clips are decoded when the dataset is built, so a
 folder of broken files fails at once (``UserError``); a clip that fails later is skipped like a corrupt image
 (target -1, a warning once).
@@ -21,11 +21,11 @@ from torch.utils.data import Dataset
 
 from unireplknet.data.datasets import CORRUPT_TARGET, IMG_EXTENSIONS
 from unireplknet.errors import UserError
-from unireplknet.modalities.video import sample_frame_indices
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DIRECTIONS", "MovingDigits", "VideoClipDataset", "decode_video", "list_clips"]
+__all__ = ["DIRECTIONS", "MovingDigits", "VideoClipDataset", "decode_video", "list_clips", "read_clip",
+           "sample_frame_indices"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
 MEAN, STD = 0.5, 0.5
@@ -47,6 +47,29 @@ def decode_video(path: str | os.PathLike, size: int | None = None) -> list[np.nd
         raise
     except Exception as err:  # av.error.* and anything else the demuxer/decoder raises
         raise UserError(f"cannot decode video '{path}' ({type(err).__name__}: {err}); check the file") from None
+
+
+def sample_frame_indices(total: int, num_frames: int, mode: str = "uniform",
+                         rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices of ``num_frames`` frames out of ``total`` (sorted, distinct).
+
+    The clip is cut into ``num_frames`` equal segments; ``"uniform"`` takes the centre of each
+    (``floor((i + 0.5)·total / num_frames)``), ``"random"`` a random frame in each (training).
+    """
+    if mode not in ("uniform", "random"):
+        raise ValueError(f"temporal sampling must be 'uniform' or 'random', not {mode!r}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if total < num_frames:
+        raise ValueError(f"the video has {total} frames, fewer than the {num_frames} requested; "
+                         "lower the number of frames or drop the clip")
+    edges = np.arange(num_frames + 1) * total / num_frames
+    if mode == "uniform":
+        return np.floor((edges[:-1] + edges[1:]) / 2).astype(np.int64)
+    rng = rng or np.random.default_rng()
+    lo = np.ceil(edges[:-1]).astype(np.int64)
+    hi = np.maximum(np.ceil(edges[1:]).astype(np.int64), lo + 1)  # exclusive, each segment non-empty
+    return rng.integers(lo, hi).astype(np.int64)
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -78,6 +101,34 @@ def list_clips(root: str | os.PathLike) -> tuple[list[tuple[Path, str]], Path]:
     return clips, root
 
 
+def read_clip(path: Path, num_frames: int, size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+    """A video file or a folder of frames -> ``(num_frames, 3, size, size)`` normalized frames: uniform segment
+    centres, or (with ``rng``: training) a random frame per segment and a random horizontal flip of the clip."""
+    from PIL import Image
+
+    if path.is_dir():
+        files = _frame_files(path)
+        total = len(files)
+    else:
+        frames = decode_video(path, size)
+        total = len(frames)
+    if total < num_frames:
+        raise UserError(f"'{path}' has {total} frames, fewer than the {num_frames} sampled per clip; lower "
+                        "task_args.num_frames or remove the clip")
+    out = []
+    for t in sample_frame_indices(total, num_frames, "random" if rng is not None else "uniform", rng):
+        if path.is_dir():
+            with Image.open(files[t]) as im:
+                img = im.convert("RGB")
+        else:
+            img = Image.fromarray(frames[t])
+        out.append(np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0)
+    arr = (np.stack(out).transpose(0, 3, 1, 2) - MEAN) / STD  # (NF, 3, size, size)
+    if rng is not None and rng.random() < 0.5:
+        arr = arr[..., ::-1]  # horizontal flip of the whole clip
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
 class VideoClipDataset(Dataset):
     """Clips from :func:`list_clips` -> ``(NF, 3, size, size)`` frames (resized, normalized) and the label."""
 
@@ -106,33 +157,7 @@ class VideoClipDataset(Dataset):
         return [t for _, t in self.samples]
 
     def load(self, index: int, rng: np.random.Generator | None) -> torch.Tensor:
-        from PIL import Image
-
-        path, _ = self.samples[index]
-        if path.is_dir():
-            files = _frame_files(path)
-            total = len(files)
-        else:
-            frames = decode_video(path, self.size)
-            total = len(frames)
-        if total < self.num_frames:
-            raise UserError(f"'{path}' has {total} frames, fewer than the {self.num_frames} sampled per clip; "
-                            "lower the number of frames (video_frames) or remove the clip")
-        idx = sample_frame_indices(total, self.num_frames, "random" if rng is not None and self.train
-                                   else "uniform", rng)
-        out = []
-        for t in idx:
-            if path.is_dir():
-                with Image.open(files[t]) as im:
-                    img = im.convert("RGB")
-            else:
-                img = Image.fromarray(frames[t])
-            img = img.resize((self.size, self.size), Image.BILINEAR)
-            out.append(np.asarray(img, dtype=np.float32) / 255.0)
-        arr = (np.stack(out).transpose(0, 3, 1, 2) - MEAN) / STD  # (NF, 3, size, size)
-        if self.train and rng is not None and rng.random() < 0.5:
-            arr = arr[..., ::-1]  # horizontal flip of the whole clip
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return read_clip(self.samples[index][0], self.num_frames, self.size, rng if self.train else None)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()))) if self.train else None
@@ -152,7 +177,7 @@ DIRECTION_NAMES = ["E", "NE", "N", "NW", "W", "SW", "S", "SE"]
 
 
 class MovingDigits(Dataset):
-    """The embedded video dataset: a handwritten digit (scikit-learn's 8×8 digits, upscaled to half the
+    """The built-in video dataset: a handwritten digit (scikit-learn's 8×8 digits, upscaled to half the
     frame) moving in one of 8 directions over ``total_frames`` frames, of which ``num_frames`` are sampled
     (random segments when training, uniform otherwise). Any one frame shows a digit at a random place, so
     only the motion between frames tells the class.

@@ -1,25 +1,21 @@
-"""Run checkpoints: atomic writes, RNG states, and the layout shared with eval/predict/reparam/export.
+"""Run checkpoints: RNG states, the model's state dict in the official layout, reading a checkpoint back.
 
 A run checkpoint is ``torch.save`` of::
 
-    {'model': state_dict (official key layout), 'meta': {...model description...},
-     'optimizer', 'scheduler', 'ema', 'scaler', 'epoch', 'step', 'epoch_samples', 'rng', 'config', ...}
+    {'model': state_dict (official key layout), 'meta': {...what rebuilds the model...}, 'config': {...},
+     'optimizer', 'scheduler', 'ema', 'scaler', 'epoch', 'step', 'epoch_samples', 'rng', ...}
 
-Everything in it is tensors or plain Python data, so ``torch.load(..., weights_only=True)`` reads it.
-It is written to a temp file in the same folder, flushed to disk, then renamed over the target, so a
-``kill -9`` at any moment leaves either the old or the new file, never a torn one.
+Everything in it is tensors or plain Python data, so ``torch.load(..., weights_only=True)`` reads it. It is
+written atomically (``utils.atomic``): a ``kill -9`` at any moment leaves the old or the new file, never a torn one.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
 import numpy as np
 import torch
-
-from unireplknet.engine.atomic import atomic_path, atomic_save, atomic_write_text  # noqa: F401 (re-exported)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -70,17 +66,3 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The bare model's state dict on CPU (official key layout: no ``module.`` / ``_orig_mod.``)."""
     return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
-
-
-def load_run_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a run checkpoint (``UserError`` with a clear message when it is missing or unreadable)."""
-    from unireplknet.errors import UserError
-    from unireplknet.models.checkpoint import read_checkpoint
-
-    try:
-        return read_checkpoint(path, map_location="cpu")
-    except UserError:
-        raise
-    except Exception as err:  # torch.load can fail in many ways on a file that is not a checkpoint
-        raise UserError(f"cannot read '{path}' as a checkpoint ({type(err).__name__}: {err}); "
-                        "is it truncated, or not a checkpoint?") from None

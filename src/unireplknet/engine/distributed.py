@@ -43,7 +43,7 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+            raise UserError("device cuda was asked for but no CUDA GPU is available; use the CPU (device cpu)")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
@@ -80,6 +80,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all ranks, in place (identity for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -1,8 +1,9 @@
 """ONNX export of a (re-parameterized) model and its verification against onnxruntime.
 
-The deploy form of UniRepLKNet (paper Sec. 3.1: every Dilated Reparam Block and BatchNorm merged into one
-depthwise conv with bias) is a plain chain of convs, so it exports to a compact ONNX graph without any
-``BatchNormalization`` node. The batch axis is dynamic; channels and resolution are fixed at export time.
+The deploy form of UniRepLKNet (paper §3.1: every Dilated Reparam Block and BatchNorm merged into one depthwise
+conv with bias) is a plain chain of convs, so it exports to a compact graph without any ``BatchNormalization``
+node. The input is one tensor ``(N, *input_size)`` — an image (C, H, W), or a modality's raw sample — with a
+dynamic batch axis; the rest of the shape is fixed at export time.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unireplknet.engine.atomic import atomic_path
+from unireplknet.errors import UserError
+from unireplknet.utils.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+OPSETS = range(14, 21)  # what the TorchScript-based exporter writes for these models (LayerNorm, GELU, ...)
 
 
 def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -35,47 +38,40 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
                 opset: int | None = None) -> Path:
     """Export ``model`` (put in eval mode; re-parameterize it first for the deploy form) to ONNX at ``path``.
 
-    Input ``input`` of shape (N, C, H, W) with ``input_size = (C, H, W)``; output ``logits`` (N, ...);
-    N is a dynamic axis. Uses the TorchScript-based exporter (``dynamo=False``), which handles dynamic
-    batch robustly for plain conv nets. The file is written to a temp file in the same folder and then
-    renamed, so a reader never sees a partial file. Returns the final path.
+    Input ``input`` (N, *input_size), output ``logits`` (N, ...), N dynamic. Uses the TorchScript-based exporter
+    (``dynamo=False``), which handles a dynamic batch robustly for plain conv nets. Written atomically.
     """
-    path = Path(path)
-    if len(tuple(input_size)) != 3:
-        raise ValueError(f"input_size must be (C, H, W), got {tuple(input_size)}")
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    if opset not in OPSETS:
+        raise UserError(f"ONNX opset {opset} is not supported; use {OPSETS.start}…{OPSETS.stop - 1} "
+                        f"(default {DEFAULT_OPSET})")
     was_training = model.training
     model.eval()
     try:
         device, dtype = _device_and_dtype(model)
         dummy = torch.randn(2, *input_size, device=device, dtype=dtype)
-        with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        with atomic_file(path) as f, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (dummy,), str(tmp),
-                input_names=["input"], output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
+            torch.onnx.export(model, (dummy,), f, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
     finally:
         model.train(was_training)
     log.info("exported ONNX (opset %d, input %s, dynamic batch) to %s", opset, tuple(input_size), path)
-    return path
+    return Path(path)
 
 
 def onnx_op_types(onnx_path: str | os.PathLike) -> set[str]:
     """The operator types in an ONNX graph (e.g. to check that no BatchNormalization is left)."""
     import onnx
 
-    graph = onnx.load(str(onnx_path)).graph
-    return {node.op_type for node in graph.node}
+    return {node.op_type for node in onnx.load(str(onnx_path)).graph.node}
 
 
 def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, inputs: torch.Tensor) -> float:
-    """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs on ``inputs`` (N, C, H, W).
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch outputs on ``inputs`` (N, ...).
 
-    ``model`` is evaluated in eval mode under ``torch.no_grad`` on its own device; outputs are compared in
-    float32 on the CPU.
+    ``model`` runs in eval mode under ``torch.no_grad`` on its own device; outputs are compared in float32.
     """
     import numpy as np
     import onnxruntime as ort
@@ -91,11 +87,10 @@ def verify_onnx(model: nn.Module, onnx_path: str | os.PathLike, inputs: torch.Te
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    feed_name = session.get_inputs()[0].name
     feed = inputs.detach().cpu().float().numpy()
     if session.get_inputs()[0].type == "tensor(float16)":
         feed = feed.astype(np.float16)
-    out = session.run(None, {feed_name: feed})[0].astype(np.float32)
+    out = session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
     if out.shape != ref.shape:
         raise RuntimeError(f"ONNX output shape {out.shape} differs from PyTorch's {ref.shape}")
     diff = float(np.max(np.abs(out - ref))) if out.size else 0.0

@@ -1,121 +1,166 @@
-"""End of a training run (rank 0): evaluate the best weights, re-parameterize and check the deploy form
-predicts the same labels, save the deploy checkpoint, export and verify ONNX, write the report and
-``summary.json``."""
+"""The end of a run (rank 0), the same for every task: the best weights rebuilt as users load them, their
+re-parameterized deploy form (``deploy.pt``) checked against them on every held-out batch, the metrics of both
+splits, ``summary.json`` with the same base keys for every task, the report, and ONNX where the task can export."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from unireplknet.data.datasets import drop_corrupt
-from unireplknet.engine.checkpoint import atomic_write_text
-from unireplknet.engine.report import confusion_matrix, read_metrics, write_report
-from unireplknet.tasks.classification import model_label, topk_correct
+from unireplknet.engine.checkpoint import model_state_dict, unwrap_model
+from unireplknet.engine.metrics import read_metrics
+from unireplknet.engine.report import plot_curves, write_report
+from unireplknet.engine.task import EvalContext, Task, eval_loader
+from unireplknet.models import build_model_from_checkpoint, read_checkpoint, reparameterize
+from unireplknet.utils.atomic import atomic_save, atomic_write_text
+
+if TYPE_CHECKING:
+    from unireplknet.engine.run import Run
+    from unireplknet.engine.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def evaluate_both(model: nn.Module, deploy: nn.Module, loader: Any, device: torch.device,
-                  progress: bool = False) -> dict[str, Any]:
-    """One pass over ``loader``: the training form's metrics and predictions, and how far the deploy form's
-    logits and labels are from them."""
-    from tqdm import tqdm
-
-    model.eval()
-    deploy.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum, n, c1, c5, agree, max_diff = 0.0, 0, 0, 0, 0, 0.0
-    preds: list[int] = []
-    trues: list[int] = []
-    for images, targets in tqdm(loader, desc="final eval", disable=not progress, leave=False,
-                                dynamic_ncols=True):
-        images, targets, _ = drop_corrupt(images, targets)
-        if len(images) == 0:
-            continue
-        images, targets = images.to(device), targets.to(device)
-        logits, logits_d = model(images).float(), deploy(images).float()
-        loss_sum += float(loss_fn(logits, targets))
-        k1, k5 = topk_correct(logits, targets)
-        c1, c5, n = c1 + k1, c5 + k5, n + len(targets)
-        agree += int((logits.argmax(1) == logits_d.argmax(1)).sum())
-        max_diff = max(max_diff, float((logits - logits_d).abs().max()))
-        preds += logits.argmax(1).tolist()
-        trues += targets.tolist()
-    n_ = max(n, 1)
-    return {"val_loss": loss_sum / n_, "val_acc1": 100.0 * c1 / n_, "val_acc5": 100.0 * c5 / n_,
-            "val_samples": n, "preds": preds, "targets": trues, "deploy_label_agreement": agree / n_,
-            "deploy_max_abs_diff": max_diff}
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
 
 
-def finalize(*, cfg: Any, model: nn.Module, meta: dict[str, Any], val_set: Any, class_names: list[str],
-             run_dir: Path, state: Any, device: torch.device, t_start: float, progress: bool,
-             world_size: int = 1) -> dict[str, Any]:
-    """Write the deploy checkpoint, ONNX file, report and summary; returns the summary."""
-    from unireplknet.tasks.base import best_and_deploy
+def output_difference(out: Any, ref: Any) -> float:
+    """The largest absolute difference between two model outputs (tensors, or lists / dicts of them); infinite
+    when their structure or shapes differ (e.g. a detector keeping another number of boxes)."""
+    pairs = list(zip(_tensors(out), _tensors(ref)))
+    if len(pairs) != len(list(_tensors(out))) or len(pairs) != len(list(_tensors(ref))):
+        return math.inf
+    diff = 0.0
+    for a, b in pairs:
+        if a.shape != b.shape:
+            return math.inf
+        if a.numel():
+            diff = max(diff, float((a.float() - b.float()).abs().max()))
+    return diff
 
-    # the best weights rebuilt as users load them (plain BatchNorm, no DDP/compile wrappers), and the deploy
-    # form (re-parameterized; saved as deploy.pt), which must predict the same labels
-    model, deploy, paths = best_and_deploy(model, meta, run_dir, device)
-    loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
-    if cfg.limit_val_batches:
-        loader = list(_take(loader, cfg.limit_val_batches))  # type: ignore[assignment]
 
-    final = evaluate_both(model, deploy, loader, device, progress)
-    same, deploy_diff = final["deploy_label_agreement"], final["deploy_max_abs_diff"]
-    if same < 1.0:
-        log.warning("deploy form disagrees with the training form on %.2f%% of the labels (max |diff| %.2e)",
-                    100 * (1 - same), deploy_diff)
+class DeployCheck(nn.Module):
+    """Runs the training form and the deploy form on every batch and returns the training form's output, keeping
+    the largest output difference (and, for class scores on dim 1, how many predicted labels agree)."""
+
+    def __init__(self, model: nn.Module, deploy: nn.Module, labels: bool) -> None:
+        super().__init__()
+        self.model, self.deploy, self.labels = model, deploy, labels
+        self.max_diff, self.agree, self.total = 0.0, 0, 0
+
+    def forward(self, *args: Any) -> Any:
+        out, ref = self.model(*args), self.deploy(*args)
+        self.max_diff = max(self.max_diff, output_difference(out, ref))
+        for a, b in zip(_tensors(out), _tensors(ref)):
+            if self.labels and a.is_floating_point() and a.dim() >= 2 and a.shape == b.shape:
+                self.agree += int((a.argmax(1) == b.argmax(1)).sum())
+                self.total += a.argmax(1).numel()
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"deploy_max_abs_diff": self.max_diff}
+        if self.labels:
+            agreement = self.agree / max(self.total, 1)
+            out |= {"deploy_same_labels": agreement == 1.0, "deploy_label_agreement": agreement}
+            if agreement < 1.0:
+                log.warning("deploy form disagrees with the training form on %.2f%% of the labels (max |diff| "
+                            "%.2e)", 100 * (1 - agreement), self.max_diff)
+        return out
+
+
+def finalize(run: Run, folder: RunFolder) -> dict[str, Any]:
+    """Write ``deploy.pt``, the metrics, ``model.onnx``, the report and ``summary.json``; returns the summary."""
+    task, cfg, data, device = run.task, run.cfg, run.data, run.dist.device
+    paths = {"run_dir": folder.path, **{k: folder.file(f"{k}.pt") for k in ("last", "best", "deploy")},
+             "config": folder.file("config.json"), "metrics": folder.file("metrics.jsonl"),
+             "log": folder.file("train.log")}
+    if folder.file("best.pt").is_file():  # the best weights rebuilt as users load them (no DDP/compile wrappers)
+        model, _ = build_model_from_checkpoint(read_checkpoint(folder.file("best.pt")))
     else:
-        log.info("deploy form predicts the same labels (max |logit diff| %.2e)", deploy_diff)
-
+        model = unwrap_model(run.model)
+        del paths["best"]
+    model.to(device).eval()
+    deploy = reparameterize(copy.deepcopy(model)).eval()
+    atomic_save({"model": model_state_dict(deploy), "meta": dict(run.meta, deploy=True), "config": cfg.to_dict()},
+                paths["deploy"])
+    check = DeployCheck(model, deploy, task.labels_from_outputs)
     summary: dict[str, Any] = {
-        "status": "completed",
-        "task": "classification",
-        "model": model_label(cfg),
-        "data": cfg.data,
-        "val_acc1": final["val_acc1"],
-        "val_acc5": final["val_acc5"],
-        "val_loss": final["val_loss"],
-        "val_samples": final["val_samples"],
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
-        "world_size": world_size,
-        "global_batch": cfg.global_batch(world_size),
-        "steps": state.step,
-        "deploy_same_labels": same == 1.0,
-        "deploy_label_agreement": same,
-        "deploy_max_abs_diff": deploy_diff,
-        "corrupt_images": state.corrupt_images,
+        "status": "completed", "task": task.name, "model": task.model_label(cfg), "data": cfg.data,
+        "epochs": run.state.epoch, "steps": run.state.step, "best_epoch": run.state.best_epoch,
+        "world_size": run.dist.world_size, "global_batch": cfg.global_batch(run.dist.world_size),
+        "corrupt_samples": run.state.corrupt_samples, "test_split": data.held_out,
     }
+    details: dict[str, Any] = {}
+    for split in ("val", "test"):
+        dataset = getattr(data, split)
+        if dataset is None:
+            continue
+        ctx = EvalContext(device=device, limit_batches=cfg.limit_val_batches, distributed=False,
+                          detailed=split == data.held_out, progress=run.progress)
+        result = task.evaluate(check, eval_loader(dataset, cfg.batch_size, cfg.workers, data.collate), ctx)
+        scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        summary |= {f"{split}_{k}": v for k, v in scalars.items()}
+        if split == data.held_out:  # test_* always holds the held-out split's metrics (val when there is no test)
+            summary |= {f"test_{k}": v for k, v in scalars.items()}
+            details = result
+    summary |= check.summary() | task.extra_summary(model, cfg, run.args, data, device)
     if cfg.export_onnx:
-        from unireplknet.engine.export import export_onnx, verify_onnx
-
-        onnx_path = export_onnx(deploy.cpu(), run_dir / "model.onnx", input_size=tuple(meta["input_size"]))
-        sample = next(iter(loader))[0][:8].cpu()
-        summary["onnx_max_abs_diff"] = float(verify_onnx(deploy, onnx_path, sample))
-        paths["onnx"] = str(onnx_path)
-        log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", onnx_path,
-                 summary["onnx_max_abs_diff"])
-
-    summary["wall_time_s"] = round(time.time() - t_start, 1)
-    cm = confusion_matrix(final["preds"], final["targets"], len(class_names))
-    report = write_report(run_dir, read_metrics(run_dir / "metrics.jsonl"), cm, class_names, summary)
-    paths.update({f"report_{k}" if k != "report" else "report": str(v) for k, v in report.items()})
-    summary["paths"] = paths
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+        summary |= _export(run, deploy, folder.file("model.onnx"), paths)
+    summary["wall_time_s"] = round(time.time() - run.t_start, 1)
+    out_dir = folder.file("report")
+    figures = plot_curves(read_metrics(paths["metrics"]), out_dir, task.curves or {task.primary_metric:
+                                                                                   task.primary_metric})
+    figures |= task.report_figures(details, out_dir, data)
+    paths |= {f"report_{name}": p for name, p in figures.items()}
+    paths["report"] = write_report(out_dir, summary, figures)
+    summary["paths"] = {k: str(v) for k, v in paths.items()}
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", folder.file("summary.json"))
     return summary
 
 
-def _take(loader: DataLoader, n: int):
-    for i, batch in enumerate(loader):
-        if i >= n:
-            return
-        yield batch
+def _export(run: Run, deploy: nn.Module, path: Any, paths: dict[str, Any]) -> dict[str, Any]:
+    from unireplknet.engine.export import export_onnx, verify_onnx
+
+    blocker = run.task.export_blocker(run.meta)
+    if blocker:
+        log.info("no ONNX export: %s", blocker)
+        return {"onnx_skipped": blocker}
+    deploy = deploy.cpu()
+    export_onnx(deploy, path, input_size=tuple(run.meta["input_size"]))
+    sample = next(iter(eval_loader(getattr(run.data, run.data.held_out), 8, collate=run.data.collate)))[0]
+    diff = verify_onnx(deploy, path, sample)
+    paths["onnx"] = path
+    log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", path, diff)
+    return {"onnx_max_abs_diff": diff}
+
+
+def summary_text(task: Task, summary: dict[str, Any]) -> str:
+    """The lines ``unireplknet train`` prints at the end: run, the task's metrics, deploy and ONNX checks."""
+    lines = ["", f"Training finished: {summary['model']} on {summary['data']}, {summary['epochs']} epochs, "
+                 f"{summary['steps']} steps, {summary['wall_time_s']:.0f} s", *task.summary_lines(summary)]
+    deploy = f"max |output diff| {summary['deploy_max_abs_diff']:.2e}"
+    if "deploy_same_labels" in summary:
+        deploy = f"same labels {summary['deploy_same_labels']} ({deploy})"
+    lines.append(f"  deploy form: {deploy}")
+    if "onnx_max_abs_diff" in summary:
+        lines.append(f"  ONNX: max |onnxruntime - PyTorch| {summary['onnx_max_abs_diff']:.2e}")
+    elif "onnx_skipped" in summary:
+        lines.append(f"  ONNX: not exported ({summary['onnx_skipped']})")
+    lines.append(f"  run folder: {summary['paths']['run_dir']}  (summary.json, report/report.md)")
+    return "\n".join(lines)

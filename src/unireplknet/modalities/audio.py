@@ -45,24 +45,39 @@ def frame_count(num_samples: int, sample_rate: int, win_ms: float = 25.0, hop_ms
     return 1 + (num_samples - win) // hop if num_samples >= win else 0
 
 
+def dft_basis(win: int, n_fft: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(win, 2·(n_fft/2 + 1)) real DFT of a ``win``-sample frame zero-padded to ``n_fft``: [cos | -sin] columns,
+    so ``frame @ basis`` gives the real and imaginary parts (a matrix product, which ONNX expresses)."""
+    angles = 2 * math.pi * torch.outer(torch.arange(win, dtype=torch.float64),
+                                       torch.arange(n_fft // 2 + 1, dtype=torch.float64)) / n_fft
+    return torch.cat([angles.cos(), -angles.sin()], dim=1).to(dtype)
+
+
 def fbank(wave: torch.Tensor, sample_rate: int = 16000, n_mels: int = 128, win_ms: float = 25.0,
           hop_ms: float = 10.0, preemphasis: float = 0.97, low_hz: float = 20.0,
-          filters: torch.Tensor | None = None, window: torch.Tensor | None = None) -> torch.Tensor:
+          filters: torch.Tensor | None = None, window: torch.Tensor | None = None,
+          basis: torch.Tensor | None = None) -> torch.Tensor:
     """Log-mel filterbank energies: (B, N) waveform -> (B, T, n_mels), T = ``frame_count(N)``.
 
-    Computed in ``wave``'s dtype (float64 for references). ``filters``/``window`` may be passed precomputed.
+    Computed in ``wave``'s dtype (float64 for references). ``filters``/``window``/``basis`` (:func:`dft_basis`) may
+    be passed precomputed.
     """
     win, hop = round(sample_rate * win_ms / 1000), round(sample_rate * hop_ms / 1000)
     if wave.shape[-1] < win:
         raise ValueError(f"clip of {wave.shape[-1]} samples is shorter than one {win}-sample window")
     n_fft = 1 << (win - 1).bit_length()
-    frames = wave.unfold(-1, win, hop)  # (B, T, win)
+    starts = torch.arange(1 + (wave.shape[-1] - win) // hop, device=wave.device) * hop
+    frames = wave[..., starts[:, None] + torch.arange(win, device=wave.device)]  # (B, T, win); a Gather in ONNX
     frames = frames - frames.mean(dim=-1, keepdim=True)
     prev = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
     frames = frames - preemphasis * prev
     if window is None:
         window = torch.hann_window(win, periodic=False, dtype=wave.dtype, device=wave.device)
-    spec = torch.fft.rfft(frames * window, n=n_fft).abs().pow(2)  # (B, T, n_fft/2 + 1)
+    if basis is None:
+        basis = dft_basis(win, n_fft, wave.dtype).to(wave.device)
+    z = (frames * window) @ basis  # (B, T, 2·(n_fft/2 + 1)): real and imaginary parts
+    half = z.shape[-1] // 2
+    spec = z[..., :half].pow(2) + z[..., half:].pow(2)  # power spectrum
     if filters is None:
         filters = mel_filterbank(n_mels, n_fft, sample_rate, low_hz, dtype=wave.dtype).to(wave.device)
     return torch.log(torch.clamp(spec @ filters, min=LOG_FLOOR))
@@ -103,12 +118,13 @@ class FbankEmbedder(nn.Module):
         n_fft = 1 << (win - 1).bit_length()
         self.register_buffer("filters", mel_filterbank(n_mels, n_fft, sample_rate), persistent=False)
         self.register_buffer("window", torch.hann_window(win, periodic=False), persistent=False)
+        self.register_buffer("basis", dft_basis(win, n_fft), persistent=False)
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, N) -> unnormalized log-mel (B, T, F), in float32."""
         wave = wave.float()
         return fbank(wave, self.sample_rate, self.n_mels, self.win_ms, self.hop_ms, filters=self.filters,
-                     window=self.window)
+                     window=self.window, basis=self.basis)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):

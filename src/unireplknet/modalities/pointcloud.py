@@ -101,7 +101,9 @@ class PointCloudProjector(nn.Module):
         w = bil.reshape(-1) * torch.exp((near4 - nearest[flat]) / self.tau)  # nearest point: weight 1
         f4 = feats.unsqueeze(0).unsqueeze(3).expand(V, B, P, 4, C).reshape(-1, C)
         src = torch.cat([f4 * w[:, None], (near4 * w)[:, None], w[:, None]], dim=1)  # (V·B·P·4, C+2)
-        acc = torch.zeros(V * B * S * S, C + 2, dtype=dtype, device=points.device).index_add(0, flat, src)
+        acc = torch.zeros(V * B * S * S, C + 2, dtype=dtype, device=points.device)
+        # scatter_add, not index_add: the ONNX exporter writes index_add as a scatter without its "add"
+        acc = acc.scatter_add(0, flat[:, None].expand_as(src), src)
         den = acc[:, -1:]
         mean = acc[:, :-1] / (den + 1e-6)
         maps = torch.cat([mean, 1 - torch.exp(-den)], dim=1)  # (V·B·S·S, C+2)

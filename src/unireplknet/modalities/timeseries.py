@@ -63,6 +63,16 @@ class CorrformerEmbedder(nn.Module):
         return e.reshape(b * self.n_nodes, 1, length, self.d_model), (z, mean, std)
 
 
+def adaptive_pool_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) weights of adaptive average pooling along one axis (PyTorch's bins: floor(i·n_in/n_out) to
+    ceil((i+1)·n_in/n_out)): pooling as a matrix product keeps the map's size a constant for ONNX export."""
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -(-((i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
 class ForecastHead(nn.Module):
     """Backbone features of every node (B·n, C, h, w) + context -> forecast (B, pred_len, D).
 
@@ -102,7 +112,9 @@ class ForecastHead(nn.Module):
         z, mean, std = context
         b = z.shape[0]
         x = z * std + mean  # the window as given
-        f = nn.functional.adaptive_avg_pool2d(feats, self.pool).flatten(1)  # (B·n, C·p²)
+        h, w = (int(v) for v in feats.shape[-2:])
+        ph, pw = (adaptive_pool_matrix(n, self.pool).to(feats) for n in (h, w))
+        f = torch.einsum("ph,nchw,qw->ncpq", ph, feats, pw).flatten(1)  # adaptive 2x2 average pool (B·n, C·p²)
         f = self.drop(self.norm(f)).reshape(b, -1)
         deep = self.deep(f).reshape(b, self.pred_len, self.n_vars)
         linear = torch.einsum("bld,dlp->bpd", x, self.linear_weight) + self.linear_bias.t()[None]

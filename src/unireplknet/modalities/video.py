@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FrameTiler", "grid_shape", "sample_frame_indices", "tile_frames", "untile_frames"]
+__all__ = ["FrameTiler", "grid_shape", "tile_frames", "untile_frames"]
 
 
 def grid_shape(num_frames: int) -> tuple[int, int]:
@@ -42,29 +41,6 @@ def untile_frames(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"a {H}x{W} image does not split into a {rows}x{cols} grid")
     h, w = H // rows, W // cols
     return image.reshape(B, C, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5).reshape(B, rows * cols, C, h, w)
-
-
-def sample_frame_indices(total: int, num_frames: int, mode: str = "uniform",
-                         rng: np.random.Generator | None = None) -> np.ndarray:
-    """Indices of ``num_frames`` frames out of ``total`` (sorted, distinct).
-
-    The clip is cut into ``num_frames`` equal segments; ``"uniform"`` takes the centre of each
-    (``floor((i + 0.5)·total / num_frames)``), ``"random"`` a random frame in each (training).
-    """
-    if mode not in ("uniform", "random"):
-        raise ValueError(f"temporal sampling must be 'uniform' or 'random', not {mode!r}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if total < num_frames:
-        raise ValueError(f"the video has {total} frames, fewer than the {num_frames} requested; "
-                         "lower the number of frames or drop the clip")
-    edges = np.arange(num_frames + 1) * total / num_frames
-    if mode == "uniform":
-        return np.floor((edges[:-1] + edges[1:]) / 2).astype(np.int64)
-    rng = rng or np.random.default_rng()
-    lo = np.ceil(edges[:-1]).astype(np.int64)
-    hi = np.maximum(np.ceil(edges[1:]).astype(np.int64), lo + 1)  # exclusive, each segment non-empty
-    return rng.integers(lo, hi).astype(np.int64)
 
 
 class FrameTiler(nn.Module):

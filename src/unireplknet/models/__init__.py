@@ -2,13 +2,16 @@
 
 from unireplknet.models.checkpoint import build_model_from_checkpoint, load_checkpoint, read_checkpoint
 from unireplknet.models.features import UniRepLKNetFeatures
+from unireplknet.models.loading import LoadedModel, load_model
 from unireplknet.models.registry import create_model, list_models, reparameterize
 from unireplknet.models.unireplknet import UniRepLKNet, UniRepLKNetBlock
-from unireplknet.models.variants import DEFAULT_KERNEL_SIZES, VARIANTS
+from unireplknet.models.variants import DEFAULT_KERNEL_SIZES, VARIANTS, architecture
 
 __all__ = [
     "DEFAULT_KERNEL_SIZES",
+    "LoadedModel",
     "VARIANTS",
+    "architecture",
     "UniRepLKNet",
     "UniRepLKNetBlock",
     "UniRepLKNetFeatures",
@@ -16,6 +19,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_checkpoint",
+    "load_model",
     "read_checkpoint",
     "reparameterize",
 ]

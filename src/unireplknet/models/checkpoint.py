@@ -6,7 +6,6 @@ add a ``'meta'`` entry (model name, constructor kwargs, deploy flag, class names
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"cannot read {path} as safetensors: {err}") from err
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, OSError) as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {detail}); "
-                              "is it truncated, or not a checkpoint?") from err
+    except Exception as err:  # torch.load fails in many ways on a file that is not a checkpoint
+        if "unsupported global" in str(err).lower():  # pickled objects or code: never loaded (nor advised)
+            raise CheckpointError(f"cannot read {path}: it holds Python objects or code, not only tensors, so it is "
+                                  "not a checkpoint this library can load safely") from err
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}); it is truncated "
+                              "or not a checkpoint") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or a dict of them")
     return dict(obj)
@@ -64,6 +65,21 @@ def extract_state_dict(obj: Mapping[str, Any]) -> StateDict:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A 3-channel input conv's weight (C_out, 3, k, k) for ``in_chans`` inputs, the rule of timm's
+    ``adapt_input_conv``: summed over the channels for 1, else tiled to ``in_chans`` and scaled by 3 / in_chans
+    (a gray or repeated image then gives the same response)."""
+    if weight.shape[1] != 3:
+        raise CheckpointError(f"cannot adapt an input conv with {weight.shape[1]} input channels (expects 3) "
+                              f"to in_chans={in_chans}; build the model with in_chans={weight.shape[1]}")
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True).to(dtype)
+    repeats = -(-in_chans // 3)
+    return (weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (3 / in_chans)).to(dtype)
 
 
 def _form_hint(model: nn.Module, missing: list[str], unexpected: list[str]) -> str:
@@ -96,8 +112,10 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
              if k in own and own[k].shape != v.shape]
     if wrong:
         hint = ""
-        if any(w.startswith("head.") for w in wrong):
-            hint = " (another number of classes: pass num_classes= to match, or drop the head keys to fine-tune)"
+        if all(w.startswith("head.") for w in wrong) and "head.weight" in state:
+            n = state["head.weight"].shape[0]
+            hint = (f" (its head has {n} classes: pass num_classes={n}, --num-classes {n} on the command line, or "
+                    "drop the head keys to fine-tune)")
         raise CheckpointError(f"checkpoint does not fit the model: shape mismatch for {_summarize(wrong)}{hint}")
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

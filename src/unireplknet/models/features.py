@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from unireplknet.layers import LayerNorm2d
 from unireplknet.models.unireplknet import UniRepLKNet
@@ -39,7 +38,7 @@ class UniRepLKNetFeatures(UniRepLKNet):
         if not out_indices or any(i not in range(4) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}")
         self.out_indices = out_indices
-        del self.norm, self.head
+        del self.norm, self.head_drop, self.head
         for i in out_indices:
             self.add_module(f"norm{i}", LayerNorm2d(self.dims[i]))
         self.feature_info = FeatureInfo(
@@ -65,7 +64,3 @@ class UniRepLKNetFeatures(UniRepLKNet):
         if not coarse:
             matcher["blocks"] = matcher["blocks"][:-1] + [(r"^norm(\d+)\.", (99999,))]
         return matcher
-
-
-def is_features_module(model: nn.Module) -> bool:
-    return isinstance(model, UniRepLKNetFeatures)

@@ -73,17 +73,16 @@ def _resolve(table: Mapping[str, str], name: str, what: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_embedder_model(meta: Mapping[str, Any]) -> EmbedderModel:
-    """Rebuild the (untrained) model a multimodal checkpoint ``meta`` describes."""
+def build_embedder_model(meta: Mapping[str, Any], backbone: nn.Module | None = None) -> EmbedderModel:
+    """The (untrained) model a multimodal checkpoint ``meta`` describes; ``backbone`` replaces the plain
+    ``UniRepLKNet(**meta['model_kwargs'])`` (e.g. one built with stochastic depth for training)."""
     from unireplknet.modalities import EMBEDDERS, HEADS
     from unireplknet.models.unireplknet import UniRepLKNet
 
-    kwargs = dict(meta.get("model_kwargs") or {})
-    kwargs["deploy"] = bool(meta.get("deploy", False))
     emb = meta["embedder"]
     embedder = _resolve(EMBEDDERS, emb["name"], "embedder")(**dict(emb.get("kwargs") or {}))
     head_meta = meta.get("head")
-    head = None
-    if head_meta:
-        head = _resolve(HEADS, head_meta["name"], "head")(**dict(head_meta.get("kwargs") or {}))
-    return EmbedderModel(embedder, UniRepLKNet(**kwargs), head)
+    head = _resolve(HEADS, head_meta["name"], "head")(**dict(head_meta.get("kwargs") or {})) if head_meta else None
+    if backbone is None:
+        backbone = UniRepLKNet(**dict(meta.get("model_kwargs") or {}), deploy=bool(meta.get("deploy", False)))
+    return EmbedderModel(embedder, backbone, head)

@@ -56,3 +56,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("unireplknet_xl", (3, 3, 27, 3), _dims(256)),
     Variant("unireplknet_h", (3, 3, 27, 3), _dims(480)),  # Table 4 only; no official code or weights
 )}
+
+
+def architecture(model: str | None, arch: dict | None = None) -> dict:
+    """UniRepLKNet constructor kwargs: the depths and widths of the Table 4 variant ``model`` (if any), updated by
+    the custom ``arch`` kwargs (e.g. ``kernel_sizes``)."""
+    kwargs: dict = {}
+    if model is not None:
+        if model not in VARIANTS:
+            raise ValueError(f"unknown model '{model}'; use one of {', '.join(VARIANTS)} or set arch")
+        kwargs = {"depths": list(VARIANTS[model].depths), "dims": list(VARIANTS[model].dims)}
+    return {**kwargs, **(arch or {})}

@@ -1,36 +1,41 @@
-"""Tasks: what each modality supplies to the one training engine (see :mod:`unireplknet.tasks.base`).
+"""Tasks: one file each, implementing the engine's :class:`~unireplknet.engine.task.Task` protocol.
 
-``get_task(name)`` returns a task instance; ``TASKS`` maps names to ``"module:Class"`` so that a task's
-dependencies are imported only when it is used. Other modalities register here.
+A module ``unireplknet/tasks/<name>.py`` whose task class is decorated with :func:`register_task` is found by
+name, imported only when used (so each task's dependencies load with it). Tasks defined elsewhere register the
+same way before they are used.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
+from unireplknet.engine.task import Task
 from unireplknet.errors import UserError
-from unireplknet.tasks.base import Task, TaskData
 
-TASKS: dict[str, str] = {
-    "classification": "unireplknet.tasks.classification:ClassificationTask",
-    "audio": "unireplknet.tasks.audio:AudioTask",
-    "forecast": "unireplknet.tasks.forecast:ForecastTask",
-    "pointcloud": "unireplknet.tasks.pointcloud:PointCloudTask",
-    "video": "unireplknet.tasks.video:VideoTask",
-}
+_REGISTERED: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make ``cls`` available as ``get_task(cls.name)``."""
+    _REGISTERED[cls.name] = cls
+    return cls
 
 
 def available_tasks() -> list[str]:
-    return list(TASKS)
+    """Names of the tasks in this package and of those registered from elsewhere."""
+    here = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(set(here) | set(_REGISTERED))
 
 
 def get_task(name: str | None) -> Task:
-    """The task called ``name`` (``None``: classification); an unknown name is a ``UserError``."""
+    """A new instance of the task called ``name`` (None: classification); an unknown name is a UserError."""
     name = name or "classification"
-    if name not in TASKS:
-        raise UserError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
-    module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    if name not in _REGISTERED and name in available_tasks():
+        importlib.import_module(f"{__name__}.{name}")
+    if name not in _REGISTERED:
+        raise UserError(f"unknown task '{name}'; choose one of: {', '.join(available_tasks())}")
+    return _REGISTERED[name]()
 
 
-__all__ = ["TASKS", "Task", "TaskData", "available_tasks", "get_task"]
+__all__ = ["Task", "available_tasks", "get_task", "register_task"]

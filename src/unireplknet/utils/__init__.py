@@ -1,0 +1,1 @@
+"""Small utilities every room stands on: atomic writes, a run-folder lock, typed settings, progress display."""
