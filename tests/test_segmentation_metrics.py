@@ -76,8 +76,8 @@ def test_out_of_range_labels_or_predictions_raise():
 def test_class_table_lists_every_class_and_the_means():
     m = segmentation_metrics(confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3))
     table = format_class_table(m, ["sky", "road", "car"])
-    assert "sky" in table and "car" in table and "aAcc 66.67" in table
-    assert table.splitlines()[3].split()[1] == "-"  # car: in neither prediction nor ground truth
+    assert "| sky |" in table and "| car |" in table and "aAcc 66.67" in table
+    assert table.splitlines()[4] == "| car | - | - |"  # in neither prediction nor ground truth
 
 
 def test_prediction_pngs_hold_class_indices_and_a_blended_overlay(tmp_path):

@@ -17,9 +17,10 @@ size differs from its image or with a label outside the classes is a ``UserError
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,8 +194,9 @@ def segmentation_dataset(root: str | os.PathLike, split: str, transform: Callabl
 
 # -- transforms --------------------------------------------------------------------------------------------------
 
-def _normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 with ImageNet statistics."""
+def normalize_image(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, normalized by ``mean`` and ``std`` (of [0, 1] values)."""
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255.0)
     return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
@@ -283,7 +285,7 @@ class SegTrainTransform:
             image, label = image[:, ::-1], label[:, ::-1]
         if self.photometric:
             image = photometric_distortion(np.ascontiguousarray(image), self.hue_delta)
-        x_t = _normalize(image, self.mean, self.std)
+        x_t = normalize_image(image, self.mean, self.std)
         y_t = torch.from_numpy(np.array(label, dtype=np.int64))
         pad_h, pad_w = self.crop[0] - y_t.shape[0], self.crop[1] - y_t.shape[1]
         if pad_h > 0 or pad_w > 0:
@@ -301,4 +303,13 @@ class SegEvalTransform:
     std: tuple[float, ...] = IMAGENET_STD
 
     def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return _normalize(image, self.mean, self.std), torch.from_numpy(np.array(label, dtype=np.int64))
+        return normalize_image(image, self.mean, self.std), torch.from_numpy(np.array(label, dtype=np.int64))
+
+
+def collate_segmentation(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Any, Any]:
+    """Samples -> (images (N, 3, H, W), labels (N, H, W)) when they share a size (training crops), else lists
+    of each (evaluation at every image's own size)."""
+    images, labels = zip(*batch)
+    if all(img.shape == images[0].shape for img in images):
+        return torch.stack(images), torch.stack(labels)
+    return list(images), list(labels)

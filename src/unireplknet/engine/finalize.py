@@ -144,6 +144,8 @@ def _export(run: Run, deploy: nn.Module, path: Any, paths: dict[str, Any]) -> di
     deploy = deploy.cpu()
     export_onnx(deploy, path, input_size=tuple(run.meta["input_size"]))
     sample = next(iter(eval_loader(getattr(run.data, run.data.held_out), 8, collate=run.data.collate)))[0]
+    if not isinstance(sample, torch.Tensor) or list(sample.shape[1:]) != list(run.meta["input_size"]):
+        sample = run.task.example_input(run.meta, 2)  # held-out images of their own sizes: a batch of the export's
     diff = verify_onnx(deploy, path, sample)
     paths["onnx"] = path
     log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", path, diff)

@@ -77,5 +77,6 @@ def write_report(out_dir: Path, summary: Mapping[str, Any], figures: Mapping[str
     for key, value in summary.items():
         if isinstance(value, (int, float, str)) and key not in ("status", "paths"):
             lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += [""] + [f"![{name}]({path.name})" for name, path in figures.items()] + [""] + (notes or [])
+    lines += [""] + [path.read_text() if path.suffix == ".md" else f"![{name}]({path.name})"  # tables inline
+                     for name, path in figures.items()] + [""] + (notes or [])
     return atomic_write_text("\n".join(lines) + "\n", out_dir / "report.md")

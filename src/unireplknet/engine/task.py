@@ -213,6 +213,11 @@ class Task(Protocol):
         """A random batch ``(batch, *input_shape)`` for re-parameterization checks, export and benchmarks."""
         return torch.randn(batch, *self.input_shape(meta, img_size), generator=torch.Generator().manual_seed(seed))
 
+    def complexity_table(self) -> list[dict[str, Any]]:
+        """Rows of ``unireplknet info --task NAME``: the task's models with their parameters and MACs (and the
+        paper's figures); empty when the task has no table of its own."""
+        return []
+
     def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
         """Why the model cannot be exported to ONNX (None: it can; its input is ``meta['input_size']``)."""
         return None

@@ -26,7 +26,8 @@ STEM_CONV = "downsample_layers.0.0"  # the first convolution (timm's ``first_con
 
 
 #: dense-prediction families: name prefix -> module whose ``MODELS`` maps names to builders (imported on use)
-DENSE_FAMILIES = {"cascade_mask_rcnn_": "unireplknet.models.detection", "mask_rcnn_": "unireplknet.models.detection"}
+DENSE_FAMILIES = {"cascade_mask_rcnn_": "unireplknet.models.detection", "mask_rcnn_": "unireplknet.models.detection",
+                  "upernet_": "unireplknet.models.segmentation"}
 _SIZES = ("a", "f", "p", "n", "t", "s", "b", "l", "xl")
 
 

@@ -100,3 +100,18 @@ def segment(model: nn.Module, image: torch.Tensor, scale: tuple[int, int] | None
             probs = p if probs is None else probs + p
             passes += 1
     return probs / passes
+
+
+class Segmenter(nn.Module):
+    """A segmentation model with its test-time inference: images (N, 3, H, W), or a list of (3, H_i, W_i) of
+    different sizes, -> class probabilities (N, K, H, W), or a list of (K, H_i, W_i). ``settings`` go to
+    :func:`segment` (``scale``, ``mode``, ``ratios``, ``flip``, ``crop``, ``stride``, ``size_divisor``)."""
+
+    def __init__(self, model: nn.Module, **settings) -> None:
+        super().__init__()
+        self.model, self.settings = model, settings
+
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            return segment(self.model, images, **self.settings)
+        return [segment(self.model, image[None], **self.settings)[0] for image in images]
