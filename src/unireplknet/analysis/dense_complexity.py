@@ -55,13 +55,3 @@ def segmenter_table(num_classes: int = 150) -> list[SegmenterRow]:
                                  count_macs(deploy, (3, *hw)) / 1e9, paper_params, paper_gflops))
     return rows
 
-
-def format_segmenter_table(rows: list[SegmenterRow]) -> str:
-    """Plain text: ours beside the paper's, per row."""
-    lines = [f"{'model':<18}{'input':>11}{'params (M)':>12}{'paper':>7}{'GMACs':>9}{'paper':>7}"
-             f"{'train params (M, +aux)':>24}"]
-    for r in rows:
-        lines.append(f"{r.label:<18}{r.input_hw[0]:>5}×{r.input_hw[1]:<5}{r.params / 1e6:>12.2f}"
-                     f"{r.paper_params_m:>7.0f}{r.gmacs:>9.1f}{r.paper_gflops:>7.0f}"
-                     f"{r.params_train_with_aux / 1e6:>24.2f}")
-    return "\n".join(lines)
