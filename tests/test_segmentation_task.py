@@ -110,6 +110,11 @@ def test_eval_predict_and_export_on_the_checkpoint(beacons_run, tmp_path, capsys
     shares = {names[k]: 100 * float((labels == k).sum()) / labels.size for k in np.unique(labels)}
     assert preds[1]["classes"] == pytest.approx(shares, abs=0.01)
 
+    code, out, err = _run(capsys, ["erf", "--checkpoint", str(beacons_run / "best.pt"), "--num-images", "1",
+                                   "--img-size", "64", "--output", str(tmp_path / "erf")])
+    assert code == 0, err
+    assert (tmp_path / "erf" / "erf.png").is_file()
+
     ort = pytest.importorskip("onnxruntime")
     code, out, err = _run(capsys, ["export", "--checkpoint", str(beacons_run / "best.pt"),
                                    "--output", str(tmp_path / "seg.onnx")])

@@ -146,6 +146,10 @@ class UPerNet(nn.Module):
             return logits, resize(self.aux_head(features[self.aux_index]), x.shape[-2:])
         return logits
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's last map (N, C_3, H/32, W/32), e.g. for the effective receptive field (Fig. 2)."""
+        return self.backbone(x)[-1]
+
     def reparameterize(self) -> UPerNet:
         """The backbone's blocks to their deploy form, in place (exact; the heads are unchanged)."""
         self.backbone.reparameterize()
