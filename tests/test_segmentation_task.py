@@ -155,6 +155,8 @@ def test_bad_masks_are_one_line_errors_naming_the_file(tmp_path, capsys):
               "nothing")
     _one_line(capsys, ["train", *TINY, "--set", "task_args.inference=fast", "--output", str(tmp_path / "d")],
               "inference")
+    _one_line(capsys, ["train", *TINY, "--set", "task_args.crop_size=[32]", "--output", str(tmp_path / "f")],
+              "are pairs")
     _one_line(capsys, ["train", *TINY, "--model", "unireplknet_h", "--output", str(tmp_path / "e")],
               "no segmenter")
 

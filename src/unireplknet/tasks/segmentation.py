@@ -168,9 +168,9 @@ class SegmentationArgs:
 
     def __post_init__(self) -> None:
         pairs = (self.test_scale, self.crop_size, self.slide_stride, self.ratio_range)
-        check([(all(len(p) == 2 for p in pairs), "test_scale, crop_size, slide_stride and ratio_range are pairs"),
-               (min(*self.test_scale, *self.crop_size, *self.slide_stride) >= 8, "sizes must be at least 8"),
-               (0 < self.ratio_range[0] <= self.ratio_range[-1], "ratio_range is [lo, hi] with 0 < lo <= hi"),
+        check([(all(len(p) == 2 for p in pairs), "test_scale, crop_size, slide_stride and ratio_range are pairs")])
+        check([(min(*self.test_scale, *self.crop_size, *self.slide_stride) >= 8, "sizes must be at least 8"),
+               (0 < self.ratio_range[0] <= self.ratio_range[1], "ratio_range is [lo, hi] with 0 < lo <= hi"),
                (bool(self.ms_ratios) and min(self.ms_ratios) > 0, "ms_ratios must be positive"),
                (0 < self.cat_max_ratio <= 1 and 0 <= self.hue_delta <= 90, "cat_max_ratio in (0, 1], hue_delta 0..90"),
                (self.channels >= 1 and self.aux_channels >= 0 and self.aux_weight >= 0, "head sizes must be positive"),
@@ -250,7 +250,7 @@ class SegmentationTask(Task):
         meta = self.model_meta(cfg, args, data)
         try:
             model = unireplknet.create_model(meta["model"], pretrained=cfg.pretrained, drop_path_rate=cfg.drop_path,
-                                             **meta["model_kwargs"])
+                                             layer_scale_init_value=cfg.layer_scale_init_value, **meta["model_kwargs"])
         except (TypeError, ValueError) as err:
             raise UserError(f"bad segmentation model settings (model/arch/task_args): {err}") from None
         if cfg.finetune:  # a classification checkpoint, or the backbone of a dense one
