@@ -297,8 +297,8 @@ class SegmentationTask(Task):
                                                out_dir / "per_class.md")}
 
     def summary_lines(self, summary: Mapping[str, Any]) -> list[str]:
-        return [f"  held-out ({summary['test_split']}) mIoU {summary['test_miou']:.2f}%  mAcc "
-                f"{summary['test_macc']:.2f}%  aAcc {summary['test_aacc']:.2f}%  ({summary['test_samples']} images)"]
+        return [f"  held-out mIoU {summary['test_miou']:.2f}%  mAcc {summary['test_macc']:.2f}%  aAcc "
+                f"{summary['test_aacc']:.2f}%  ({summary['test_samples']} images, {summary['test_split']} split)"]
 
     def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> list[dict[str, Any]]:
         """Per image: the share of each predicted class (percent); with ``--output``, ``DIR/<stem>.png`` (pixel =
