@@ -161,10 +161,12 @@ def test_bad_masks_are_one_line_errors_naming_the_file(tmp_path, capsys):
 
 
 def test_info_prints_table7_and_create_model_builds_the_segmenters(capsys):
-    code, out, err = _run(capsys, ["info", "--task", "segmentation"])
-    assert code == 0, err
-    assert "upernet_unireplknet_t" in out and "60,986,154" in out and "UniRepLKNet-XL‡" in out
+    from unireplknet.cli.info_cmd import format_rows
+
     code, out, err = _run(capsys, ["info", "--task", "segmentation", "--json"])
+    assert code == 0, err
+    text = format_rows(json.loads(out))  # what `info --task segmentation` prints without --json
+    assert "upernet_unireplknet_t" in text and "60,986,154" in text and "512×2048" in text and "UniRepLKNet-XL‡" in text
     rows = {r["label"]: r for r in json.loads(out)}
     assert abs(rows["UniRepLKNet-S"]["params"] / 1e6 - 86) < 1 and abs(rows["UniRepLKNet-T"]["gmacs"] / 946 - 1) < 0.05
     _one_line(capsys, ["info", "--task", "classification"], "no model table")
