@@ -178,6 +178,25 @@ def test_info_prints_table7_and_create_model_builds_the_segmenters(capsys):
     assert model.decode_head.classifier.out_channels == 150 and model.backbone.dims == (80, 160, 320, 640)
 
 
+def test_recipes_build_the_small_default_and_table7s_t():
+    from unireplknet.data.segmentation import ADE20K_CLASSES
+    from unireplknet.engine.config import load_config
+    from unireplknet.engine.task import TaskData
+    from unireplknet.tasks import get_task
+
+    task = get_task("segmentation")
+    for recipe, name, size, params in (("segmentation_default", "upernet_unireplknet_a", 64, 1.71e6),
+                                       ("segmentation_ade20k_t", "upernet_unireplknet_t", 512, 62.42e6)):
+        cfg = load_config(recipe)
+        args = task.parse_args(cfg.task_args)
+        names = ADE20K_CLASSES if "ade20k" in recipe else ["background", "red", "lime", "cyan", "violet"]
+        meta = task.model_meta(cfg, args, TaskData([], [], info={"class_names": list(names)}))
+        assert cfg.sched == "poly" and meta["model"] == name and meta["input_size"] == [3, size, size]
+        with torch.device("meta"):
+            model = unireplknet.create_model(meta["model"], **meta["model_kwargs"])
+        assert abs(sum(p.numel() for p in model.parameters()) - params) < 0.01e6, recipe
+
+
 @pytest.mark.slow
 def test_default_recipe_reaches_miou_75_within_15_minutes(tmp_path):
     """Acceptance (issue 11): `unireplknet train --task segmentation` (the default recipe, built-in data) reaches
