@@ -1,0 +1,155 @@
+"""COCO evaluation on cases with known answers, the results JSON, drawn predictions, the embedded scenes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unireplknet.data.coco import CocoDetection, mask_api
+from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES, make_scene, write_synth_coco
+from unireplknet.errors import UserError
+from unireplknet.tasks.detection import (
+    coco_evaluate,
+    coco_results,
+    draw_detections,
+    evaluate_detections,
+    image_ids_by_file_name,
+    predict_detections,
+    save_png,
+    write_results_json,
+)
+
+from .test_detection_data import write_fixture
+
+
+def _box_mask(h: int, w: int, box: list[float]) -> torch.Tensor:
+    m = torch.zeros(h, w, dtype=torch.bool)
+    x1, y1, x2, y2 = (int(v) for v in box)
+    m[y1:y2, x1:x2] = True
+    return m
+
+
+def _gt_dataset(tmp_path, boxes: dict[int, list[list[float]]], h: int = 64, w: int = 96) -> CocoDetection:
+    """Images 1..n with rectangle objects (category id 5), their masks the rectangles, in COCO format."""
+    (tmp_path / "val").mkdir()
+    (tmp_path / "annotations").mkdir()
+    images, anns = [], []
+    for image_id, bxs in boxes.items():
+        Image.new("RGB", (w, h)).save(tmp_path / "val" / f"{image_id}.png")
+        images.append(dict(id=image_id, file_name=f"{image_id}.png", height=h, width=w))
+        for b in bxs:
+            rle = mask_api().encode(np.asfortranarray(_box_mask(h, w, b).numpy().astype(np.uint8)))
+            anns.append(dict(id=len(anns) + 1, image_id=image_id, category_id=5, iscrowd=0,
+                             bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]], area=(b[2] - b[0]) * (b[3] - b[1]),
+                             segmentation=dict(size=[h, w], counts=rle["counts"].decode())))
+    data = dict(images=images, annotations=anns, categories=[dict(id=5, name="box")])
+    (tmp_path / "annotations" / "instances_val.json").write_text(json.dumps(data))
+    return CocoDetection(tmp_path, "val")
+
+
+def _detections(boxes: list[list[float]], scores: list[float], h: int = 64, w: int = 96) -> dict[str, torch.Tensor]:
+    return dict(boxes=torch.tensor(boxes).reshape(-1, 4), labels=torch.ones(len(boxes), dtype=torch.long),
+                scores=torch.tensor(scores), masks=torch.stack([_box_mask(h, w, b) for b in boxes]) if boxes
+                else torch.zeros(0, h, w, dtype=torch.bool))
+
+
+def test_perfect_predictions_score_100_and_empty_ones_0(tmp_path):
+    gt = {1: [[10, 10, 50, 50], [60, 5, 90, 40]], 2: [[0, 20, 40, 60]], 3: []}
+    ds = _gt_dataset(tmp_path, gt)
+    dets = [_detections(gt[i], [0.9] * len(gt[i])) for i in ds.image_ids]
+    m = evaluate_detections(ds, dets)
+    for t in ("bbox", "segm"):
+        assert m[f"{t}_ap"] == pytest.approx(100) and m[f"{t}_ap50"] == pytest.approx(100)
+        assert m[f"{t}_ap75"] == pytest.approx(100) and m[f"{t}_apl"] == -1.0  # no large objects: COCO's -1
+    none = evaluate_detections(ds, [_detections([], []) for _ in ds.image_ids])
+    assert none["bbox_ap"] == 0.0 and none["segm_ap50"] == 0.0
+
+
+def test_shifted_box_loses_the_strict_thresholds(tmp_path):
+    """One 40x40 object, one detection shifted 6 px: IoU 34/46 = 0.739 >= t for t in 0.50…0.70 (5 of the 10
+    COCO thresholds), so AP = 50, AP50 = 100, AP75 = 0; the same for the rectangle masks."""
+    ds = _gt_dataset(tmp_path, {7: [[10, 10, 50, 50]]})
+    m = evaluate_detections(ds, [_detections([[16, 10, 56, 50]], [0.8])])
+    for t in ("bbox", "segm"):
+        assert m[f"{t}_ap"] == pytest.approx(50) and m[f"{t}_ap50"] == pytest.approx(100)
+        assert m[f"{t}_ap75"] == pytest.approx(0)
+    # a false positive scored above the true one halves the precision at every threshold it matters
+    m2 = evaluate_detections(ds, [_detections([[60, 10, 90, 50], [10, 10, 50, 50]], [0.9, 0.8])])
+    assert m2["bbox_ap"] == pytest.approx(50.0, abs=0.5)
+
+
+def test_results_entries_and_json(tmp_path):
+    fx_root = tmp_path / "coco"
+    write_fixture(fx_root)
+    ds = CocoDetection(fx_root, "val")
+    det = _detections([[20, 10, 40, 30]], [0.75], 48, 64)
+    det["labels"] = torch.tensor([3])
+    results = coco_results([det], [100], ds.label_to_cat_id)
+    (r,) = results
+    assert r["image_id"] == 100 and r["category_id"] == 11 and r["bbox"] == [20, 10, 20, 20] and r["score"] == 0.75
+    assert isinstance(r["segmentation"]["counts"], str)
+    assert np.array_equal(mask_api().decode(r["segmentation"]), det["masks"][0].numpy().astype(np.uint8))
+    path = write_results_json(tmp_path / "out" / "results.json", results)
+    assert json.loads(path.read_text()) == results and not list(path.parent.glob(".*tmp"))
+    assert coco_evaluate(ds.coco, results)["bbox_ap"] == pytest.approx(100)
+    with pytest.raises(UserError, match="image id"):
+        coco_evaluate(ds.coco, [dict(r, image_id=5)])
+    assert image_ids_by_file_name(ds.coco) == {"0.png": 100, "1.png": 101}
+
+
+def test_draw_detections_png(tmp_path):
+    image = torch.full((3, 48, 64), 0.5)
+    det = _detections([[10, 10, 30, 30], [35, 5, 60, 40]], [0.9, 0.1], 48, 64)
+    drawn = draw_detections(image, det, ["box"], score_thresh=0.3)
+    assert drawn.dtype == torch.uint8 and drawn.shape == (3, 48, 64)
+    base = torch.full((3,), 128, dtype=torch.uint8)
+    assert not torch.equal(drawn[:, 20, 20], base)  # inside the kept mask: tinted
+    assert not torch.equal(drawn[:, 10, 20], base)  # on its box edge
+    assert torch.equal(drawn[:, 25, 50], base)  # the low-score detection is not drawn
+    path = save_png(drawn, tmp_path / "pred" / "a.png")
+    assert np.array_equal(np.asarray(Image.open(path)), drawn.permute(1, 2, 0).numpy())
+
+
+def test_embedded_scenes_are_deterministic_and_marker_decides_the_class(tmp_path):
+    img_a, objs_a = make_scene(np.random.default_rng([0, 0, 3]), 96)
+    img_b, objs_b = make_scene(np.random.default_rng([0, 0, 3]), 96)
+    assert np.array_equal(img_a, img_b) and [c for c, _ in objs_a] == [c for c, _ in objs_b]
+    assert not np.array_equal(img_a, make_scene(np.random.default_rng([0, 0, 4]), 96)[0])
+    modes = set()
+    for i in range(40):
+        _, objs = make_scene(np.random.default_rng([1, 0, i]), 96)
+        image_modes = {(c - 1) // len(SHAPES) for c, _ in objs}
+        assert len(image_modes) <= 1  # one marker per image sets the class of all its objects
+        modes |= image_modes
+        assert all(m.sum() >= 30 for _, m in objs)
+    assert modes == {0, 1}
+
+    root = write_synth_coco(tmp_path / "synth", seed=0, size=96, splits=dict(train=6, val=3, test=3))
+    stamp = (root / "annotations" / "instances_test.json").stat().st_mtime_ns
+    assert write_synth_coco(root, seed=0, size=96, splits=dict(train=6, val=3, test=3)) == root
+    assert (root / "annotations" / "instances_test.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    test = CocoDetection(root, "test")
+    assert test.class_names == CLASS_NAMES and len(test) == 3
+    img, t = test[0]
+    assert img.shape == (3, 96, 96) and len(t["boxes"]) == len(t["masks"]) > 0
+    for box, mask in zip(t["boxes"], t["masks"]):  # the box is the visible mask's extent
+        ys, xs = torch.where(mask > 0)
+        assert torch.equal(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32))
+
+
+def test_untrained_model_end_to_end_on_coco_fixture(tmp_path):
+    from .test_detection_model import tiny_detector
+
+    write_fixture(tmp_path)
+    ds = CocoDetection(tmp_path, "val")
+    torch.manual_seed(0)
+    model = tiny_detector(num_classes=len(ds.class_names), min_size=48, max_size=64)
+    dets = predict_detections(model, ds, batch_size=2)
+    assert len(dets) == len(ds) and all(d["masks"].shape[1:] == (48, 64) for d in dets)
+    metrics = evaluate_detections(ds, dets)
+    assert set(metrics) == {f"{t}_{m}" for t in ("bbox", "segm") for m in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
+    assert all(-1 <= v <= 100 for v in metrics.values())
