@@ -39,7 +39,7 @@ EXPRESSION_TYPES = ("full_video", "first_frame")  # Table 15: written watching t
 COLOURS = {"red": (0.85, 0.15, 0.15), "green": (0.15, 0.72, 0.2), "blue": (0.2, 0.35, 0.92),
            "yellow": (0.9, 0.8, 0.12)}
 SHAPES = ("square", "circle", "triangle")
-SIZES = {"small": 0.07, "large": 0.12}  # radius as a fraction of the frame side
+SIZES = {"small": 0.085, "large": 0.14}  # radius as a fraction of the frame side
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("green", "square"), ("blue", "circle")})
 ATTRIBUTES = ("colour", "size", "shape", "motion")
@@ -148,7 +148,7 @@ class MovingShapes(Dataset):
         radii = np.array([SIZES[s.size] * S * 1.25 for s in shapes])
         centres = np.zeros((len(shapes), T, 2))
         for i, s in enumerate(shapes):
-            step = np.array(MOTIONS[s.motion])[None] * rng.uniform(0.03, 0.05, (64, 1)) * S  # (64, 2)
+            step = np.array(MOTIONS[s.motion])[None] * rng.uniform(0.04, 0.065, (64, 1)) * S  # (64, 2)
             lo = radii[i] + np.maximum(0, -step * (T - 1))
             hi = S - radii[i] - np.maximum(0, step * (T - 1))
             paths = rng.uniform(lo, hi)[:, None] + step[:, None] * np.arange(T)[None, :, None]  # (64, T, 2)

@@ -114,7 +114,7 @@ class ReferringSegmenter(nn.Module):
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
         if text["dim"] != dim:
             raise ValueError(f"the text encoder's width {text['dim']} must equal the fusion width {dim}")
-        self.fusion_kind, self.max_len = fusion, int(text["max_len"])
+        self.max_len = int(text["max_len"])
         self.embedder = FrameNeighbours(context)
         self.backbone = UniRepLKNetFeatures(in_chans=3 * (2 * context + 1), deploy=deploy,
                                             drop_path_rate=drop_path_rate,
