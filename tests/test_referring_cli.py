@@ -156,3 +156,13 @@ def test_hugging_face_text_encoder_by_name(tmp_path, monkeypatch, capsys):
     assert json.loads(report)["test_jf"] == pytest.approx(summary["test_jf"], abs=1e-4)
     _one_line(*_run(capsys, ["train", "--task", "referring", "--output", str(tmp_path / "y"), *TINY, "--set", *SHAPES,
                              "--set", f"task_args.text_encoder={tmp_path / 'nope'}"])[::2], "nope")
+
+
+def test_crafted_builder_meta_is_one_line(capsys, tmp_path):
+    import torch
+
+    for name, meta in {"unknown": {"builder": "nope", "task": "referring"},
+                       "broken": {"builder": "referring", "referring": {"dim": "x"}, "task": "referring"}}.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save({"model": {}, "meta": meta}, path)
+        _one_line(*_run(capsys, ["eval", "--checkpoint", str(path)])[::2], "checkpoint meta")

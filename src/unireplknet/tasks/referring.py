@@ -266,9 +266,8 @@ class ReferringTask(Task):
         return {"per_expression": path}
 
     def summary_lines(self, summary: Mapping[str, Any]) -> list[str]:
-        split = summary.get("test_split", "val")
-        return [f"  held-out ({split}): J&F {summary[f'{split}_jf']:.2f}  J {summary[f'{split}_j']:.2f}  "
-                f"F {summary[f'{split}_f']:.2f}  ({summary[f'{split}_expressions']} expressions)"]
+        return [f"  held-out ({summary.get('test_split', 'val')}): J&F {summary['test_jf']:.2f}  "
+                f"J {summary['test_j']:.2f}  F {summary['test_f']:.2f}  ({summary['test_expressions']} expressions)"]
 
     def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
         return "it takes two inputs, a clip and a sentence's tokens; ONNX export here takes one input tensor"
