@@ -2,7 +2,7 @@
 
 Each ``size``×``size`` image shows 2–4 striped grey objects (ellipses and rotated rectangles of random size,
 shade and stripe angle: their look says nothing about their class) among plain grey decoy discs and thin grey
-strokes on a noisy grey gradient, and one *beacon*: a saturated disc in one of ``num_object_classes`` hues,
+strokes on a dull, noisy gradient, and one *beacon*: a saturated disc in one of ``num_object_classes`` hues,
 ``min_gap`` (6) pixels or more from every object. Every object takes the class of the beacon's hue;
 the beacon, the decoys and the rest are background (0). So the far side of an object is 20–50 px (at 64²)
 from the only evidence of its class, farther than a stack of 3×3 convs sees in its early layers: the paper's
@@ -64,8 +64,9 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
     """One image (size, size, 3) uint8 and its label map (size, size) int64 (0 = background)."""
     scale = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    # Background: a gradient between two greys (the beacon is the image's only colour), thin grey strokes.
-    c0, c1 = (np.full(3, rng.uniform(0.25, 0.75)) for _ in range(2))
+    # Background: a dull gradient between two low-saturation colours, thin grey strokes.
+    c0, c1 = (np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.25), rng.uniform(0.25, 0.75)))
+              for _ in range(2))
     t = ((xx * np.cos(a := rng.uniform(0, 2 * np.pi)) + yy * np.sin(a)) / size + 1) / 2
     image = (1 - t)[..., None] * c0 + t[..., None] * c1
     for _ in range(rng.integers(1, 4)):
