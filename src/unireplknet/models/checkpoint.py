@@ -6,7 +6,8 @@ add a ``'meta'`` entry (model name, constructor kwargs, deploy flag, class names
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,18 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
     return model.load_state_dict(state, strict=strict)
 
 
+#: Models rebuilt by a function of the checkpoint's meta (``meta['builder']`` -> ``"module:function"``); the
+#: function returns the model in the form ``meta['deploy']`` names, before its weights are loaded.
+BUILDERS = {"clip": "unireplknet.models.clip:build_from_meta"}
+
+
+def _builder(name: str) -> Callable[[Mapping[str, Any]], nn.Module]:
+    if name not in BUILDERS:
+        raise CheckpointError(f"unknown model builder '{name}' in the checkpoint meta; known: {', '.join(BUILDERS)}")
+    module, function = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
                                 map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a run checkpoint describes (its ``'meta'``) and load its weights strictly."""
@@ -126,6 +139,10 @@ def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
     if not isinstance(meta, Mapping):
         raise CheckpointError("the checkpoint has no 'meta' (an official or foreign checkpoint): name the model "
                               "(e.g. --model unireplknet_t and --num-classes) so it can be built")
+    if meta.get("builder"):  # neither a UniRepLKNet nor an EmbedderModel: a registered builder of meta
+        model = _builder(str(meta["builder"]))(meta)
+        load_checkpoint(model, obj, strict=True)
+        return model, dict(meta)
     if meta.get("embedder"):  # another modality: embedder -> backbone -> head
         from unireplknet.models.multimodal import build_embedder_model
 
