@@ -72,8 +72,9 @@ def test_clip_model_custom_trunk_and_forward_modes() -> None:
         torch.testing.assert_close(model(None, tokens), txt)
         model.logit_scale.fill_(10.0)
         assert float(model(images, tokens)[2]) == 100.0  # OpenCLIP's clamp of the temperature
-    with pytest.raises(ValueError, match="UniRepLKNet tower"):
-        build_clip(_small_cfg("convnext_atto"), TOWER)
+    other = build_clip(_small_cfg("convnext_atto"), {"dims": [8, 16, 24, 32], "ls_init_value": 1.0})
+    assert other.visual.trunk.num_features == 32 and other.visual.head.proj.weight.shape == (16, 32)
+    assert torch.equal(other.visual.trunk.stages[0].blocks[0].gamma.detach(), torch.ones(8))
 
 
 def test_deploy_form_is_exact_in_float64() -> None:

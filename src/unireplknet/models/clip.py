@@ -3,8 +3,8 @@
 * :func:`register_open_clip` adds one OpenCLIP model config per variant (``open_clip_configs/UniRepLKNet-A.json``
   … ``-H``: the image tower is the variant through timm, average pooling and a linear projection), so that
   ``open_clip.create_model_and_transforms('UniRepLKNet-L')`` works after ``import unireplknet``.
-* :class:`CLIPModel` is open_clip's ``CLIP`` (same state-dict keys) whose UniRepLKNet trunk may take custom
-  settings (``tower_kwargs``: kernel sizes for small images, dims, ...) and whose forward also takes one
+* :class:`CLIPModel` is open_clip's ``CLIP`` (same state-dict keys) whose image trunk may take custom settings
+  (``tower_kwargs``: kernel sizes for small images, dims, layer scale, ...) and whose forward also takes one
   modality: ``model(images)`` -> image embeddings, what ``reparam``, ``export`` and ``bench`` run.
 
 Checkpoint ``meta``: ``{"builder": "clip", "clip_cfg": {embed_dim, vision_cfg, text_cfg}, "tower_kwargs": {...}
@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from unireplknet.errors import CheckpointError
-from unireplknet.models.registry import create_model, reparameterize
-from unireplknet.models.variants import VARIANTS
+from unireplknet.models.registry import reparameterize
 
 CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 MAX_LOGIT_SCALE = 100.0  # OpenCLIP clamps the learned temperature's exp to this
@@ -44,19 +43,22 @@ def open_clip_config(name: str) -> dict[str, Any]:
 
 
 class CLIPModel(open_clip.CLIP):
-    """open_clip's CLIP; ``tower_kwargs`` rebuild a UniRepLKNet image trunk with custom settings
-    (:func:`unireplknet.create_model` kwargs: ``kernel_sizes``, ``dims``, ``depths``, ...)."""
+    """open_clip's CLIP; ``tower_kwargs`` rebuild the image trunk (``vision_cfg['timm_model_name']``) with these
+    timm model kwargs — for a UniRepLKNet, :func:`unireplknet.create_model`'s (``kernel_sizes``, ``dims``,
+    ``layer_scale_init_value``, ...)."""
 
     def __init__(self, embed_dim: int, vision_cfg: Mapping[str, Any], text_cfg: Mapping[str, Any],
                  tower_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(embed_dim, dict(vision_cfg), dict(text_cfg), **kwargs)
-        if tower_kwargs:
-            name = vision_cfg.get("timm_model_name")
-            if name not in VARIANTS:
-                raise ValueError(f"tower settings (arch) apply to a UniRepLKNet tower, not '{name}'")
+        if tower_kwargs:  # (built twice: open_clip's TimmModel passes no model kwargs to timm)
+            import timm
+
             drop_path = vision_cfg.get("timm_drop_path")
-            trunk = create_model(name, num_classes=0, **{"drop_path_rate": drop_path or 0.0, **tower_kwargs})
-            self.visual.trunk = trunk  # (built twice: open_clip's TimmModel knows only the variant's settings)
+            trunk = timm.create_model(vision_cfg["timm_model_name"], **tower_kwargs,
+                                      **({} if drop_path is None else {"drop_path_rate": drop_path}))
+            pool = vision_cfg.get("timm_pool", "avg")
+            trunk.reset_classifier(0, **({"global_pool": pool} if pool else {}))
+            self.visual.trunk = trunk
             if self.visual.head.proj.in_features != trunk.num_features:
                 self.visual.head.proj = nn.Linear(trunk.num_features, embed_dim, bias=False)
 
