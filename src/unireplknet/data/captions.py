@@ -33,9 +33,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 175, 60), "blue": (50, 90, 235), "yellow": (235, 215, 45),
     "purple": (150, 60, 205), "orange": (245, 140, 25), "cyan": (40, 210, 220), "white": (235, 235, 235)}
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
-#: Zero-shot classes never seen in training: every colour once, every shape at least once.
-HELD_OUT = ("red triangle", "green square", "blue circle", "yellow ring", "purple cross", "orange diamond",
-            "cyan triangle", "white square")
+#: Zero-shot classes never seen in training: 4 colours x 2 shapes each, every shape at least once, so that telling
+#: them apart takes both the colour and the shape.
+HELD_OUT = ("red triangle", "red ring", "green square", "green cross", "blue circle", "blue diamond",
+            "yellow triangle", "yellow square")
 REGIONS: dict[str, tuple[float, float, float, float]] = {  # position phrase -> (x0, y0, x1, y1) in [0, 1]
     "on the left": (0.0, 0.0, 0.5, 1.0), "on the right": (0.5, 0.0, 1.0, 1.0),
     "at the top": (0.0, 0.0, 1.0, 0.5), "at the bottom": (0.0, 0.5, 1.0, 1.0)}
@@ -111,10 +112,9 @@ class Group:
 
 
 def render(groups: Sequence[Group], size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw the groups on a dark noisy background (2x supersampled) -> an RGB image ``size`` x ``size``."""
+    """Draw the groups on a dark grey noisy background (2x supersampled) -> an RGB image ``size`` x ``size``."""
     big = 2 * size
-    bg = rng.integers(0, 60, 3)
-    pixels = np.clip(bg + rng.normal(0, 8, (big, big, 3)), 0, 255).astype(np.uint8)
+    pixels = np.clip(rng.integers(0, 40) + rng.normal(0, 6, (big, big, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(pixels)
     draw = ImageDraw.Draw(img)
     for g in groups:
@@ -122,7 +122,7 @@ def render(groups: Sequence[Group], size: int, rng: np.random.Generator) -> Imag
         placed: list[tuple[float, float, float]] = []
         for _ in range(g.count):
             for _attempt in range(50):
-                r = rng.uniform(0.065, 0.1) * big
+                r = rng.uniform(0.075, 0.11) * big
                 cx, cy = rng.uniform(x0 + r + 1, x1 - r - 1), rng.uniform(y0 + r + 1, y1 - r - 1)
                 if all((cx - px) ** 2 + (cy - py) ** 2 > (r + pr + 2) ** 2 for px, py, pr in placed):
                     break
