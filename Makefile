@@ -31,3 +31,11 @@ lint: install
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+
+# Every GPU measurement in one call (docs/benchmarks.md): tests, Table 1, model throughput, training step; one
+# JSON + logs under $$OUT (default runs/gpu-check). No install step: the venv's python if there is one, else
+# python3 (a GPU image with torch, triton, timm, pytest). GPU_CHECK_ARGS: e.g. --scale 1.5 --parts table1.
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	PYTHONPATH=src $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -16,6 +16,7 @@ input, ours on channels-last input, and the ratios the goals are stated in.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -78,19 +79,31 @@ def timed(step: Callable[[], None], device: str) -> float:
 
 
 def measure(steps: dict[str, Callable[[], None]], device: str, reps: int, warmup: int,
-            stat: str = "median") -> dict[str, float]:
-    """Interleaved medians (or minima) in ms: every rep runs each implementation once, in turn."""
-    for step in steps.values():
-        for _ in range(warmup):
+            stat: str = "median", budget_s: float | None = None) -> tuple[dict[str, float], int]:
+    """Interleaved medians (or minima) in ms and the reps run: every rep runs each implementation once, in a
+    freshly shuffled order.
+
+    With ``budget_s`` the reps are cut (to no fewer than 3) so that they fit it, judged by the fastest warm-up
+    round.
+    """
+    round_s = float("inf")
+    for _ in range(warmup):
+        t = time.perf_counter()
+        for step in steps.values():
             step()
-    if device == "cuda":
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        round_s = min(round_s, time.perf_counter() - t)
+    if budget_s is not None and warmup > 0:
+        reps = max(3, min(reps, int(budget_s / round_s)))
     times: dict[str, list[float]] = {k: [] for k in steps}
+    order, rng = list(steps), random.Random(0)
     for _ in range(reps):
-        for k, step in steps.items():
-            times[k].append(timed(step, device))
+        rng.shuffle(order)
+        for k in order:
+            times[k].append(timed(steps[k], device))
     agg = min if stat == "min" else statistics.median
-    return {k: agg(v) for k, v in times.items()}
+    return {k: agg(v) for k, v in times.items()}, reps
 
 
 def roofline(N: int, C: int, R: int, K: int, layers: int, itemsize: int, mode: str) -> tuple[float, float]:
@@ -113,8 +126,10 @@ def run_gpu(args: argparse.Namespace) -> None:
     print(f"# device: {name}; torch {torch.__version__}; dtype {args.dtype}; mode {args.mode}; "
           f"N={args.batch}, C={args.channels}, layers={args.layers}; peaks {tflops} TFLOP/s, {gbps} GB/s")
     print("| R | K | cuDNN ms | ours ms | cuDNN/ours | GFLOP | min MB | compute-bound ms | memory-bound ms "
-          "| ours / bound | max rel err |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| ours / bound | max rel err | reps |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    deadline = time.perf_counter() + args.budget_s if args.budget_s else None
+    shapes_left = len(args.res) * len(args.ks)
     for R in args.res:
         faster_from = None
         for K in args.ks:
@@ -128,16 +143,18 @@ def run_gpu(args: argparse.Namespace) -> None:
             with torch.no_grad():  # one layer against cuDNN in float32, relative to the output scale
                 want = torch_conv(x.float(), ws[0].float())
                 err = ((ours(x, ws[0]).float() - want).abs().max() / want.abs().max()).item()
-            t = measure({"torch": make_step(torch_conv, x, ws, args.mode),
-                         "ours": make_step(ours, x, ws, args.mode)},
-                        "cuda", args.reps, args.warmup, args.stat)
+            budget = None if deadline is None else max(0.0, deadline - time.perf_counter()) / shapes_left
+            shapes_left -= 1
+            t, reps = measure({"torch": make_step(torch_conv, x, ws, args.mode),
+                               "ours": make_step(ours, x, ws, args.mode)},
+                              "cuda", args.reps, args.warmup, args.stat, budget)
             flops, nbytes = roofline(args.batch, args.channels, R, K, args.layers, x.element_size(),
                                      args.mode)
             tc, tm = flops / (tflops * 1e12) * 1e3, nbytes / (gbps * 1e9) * 1e3
             ratio = t["torch"] / t["ours"]
             faster_from = (faster_from or K) if ratio > 1.0 else None
             print(f"| {R} | {K} | {t['torch']:.2f} | {t['ours']:.2f} | {ratio:.2f}x | {flops / 1e9:.1f} | "
-                  f"{nbytes / 1e6:.0f} | {tc:.2f} | {tm:.2f} | {t['ours'] / max(tc, tm):.2f} | {err:.1e} |",
+                  f"{nbytes / 1e6:.0f} | {tc:.2f} | {tm:.2f} | {t['ours'] / max(tc, tm):.2f} | {err:.1e} | {reps} |",
                   flush=True)
         print(f"# R={R}: ours faster than cuDNN for every K >= {faster_from} (use for GPU_MIN_K)")
 
@@ -172,7 +189,7 @@ def run_cpu(args: argparse.Namespace) -> None:
                                            args.mode)
                 steps["to_cl"] = make_step(lambda a, w: dwconv2d_cpu(a, w, strategy="channels_last"), x, ws,
                                            args.mode)
-            t = measure(steps, "cpu", args.reps, args.warmup, args.stat)
+            t, _ = measure(steps, "cpu", args.reps, args.warmup, args.stat)
             best = min(t["torch_nchw"], t["torch_cl"])
             row = (f"| {R} | {K} | {t['torch_nchw']:.1f} | {t['torch_cl']:.1f} | {t['ours_nchw']:.1f} | "
                    f"{t['ours_cl']:.1f} | {t['torch_nchw'] / t['ours_nchw']:.1f}x | "
@@ -200,6 +217,8 @@ def main() -> None:
                    help="aggregate over reps (min: for a CPU shared with other jobs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--strategies", action="store_true", help="CPU: also time the split and to-CL strategies")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="GPU: fit the whole table in about this many seconds (fewer reps per shape, at least 3)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the GPU compute peak")
     p.add_argument("--peak-gbps", type=float, default=None, help="override the GPU memory bandwidth")
     args = p.parse_args()

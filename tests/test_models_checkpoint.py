@@ -1,14 +1,14 @@
 """Checkpoint formats, clear mismatch errors, and pretrained weights through a fake (offline) hub."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 import unireplknet
+from tests.conftest import rel_error
+from tests.fake_hub import release
 from unireplknet.errors import CheckpointError, PretrainedUnavailableError
 from unireplknet.models.checkpoint import build_model_from_checkpoint
-from unireplknet.models.pretrained import CHECKPOINT_FILES, HF_REPO
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (13,), (13, 3), (13,)))
 
@@ -71,19 +71,6 @@ def test_build_model_from_run_checkpoint(tmp_path):
         build_model_from_checkpoint(tmp_path / "official.pt")
 
 
-def _fake_hub(cache: Path, name: str, tag: str, state_dict: dict) -> Path:
-    """Lay out ``cache`` as the Hugging Face cache holding the official file for name/tag."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{HF_REPO.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    path = snapshot / CHECKPOINT_FILES[name][tag]
-    torch.save({"model": state_dict}, path)  # the released files are torch.save'd training-form dicts
-    return path
-
-
 @pytest.fixture
 def offline(monkeypatch):
     hub_constants = pytest.importorskip("huggingface_hub.constants", reason="timm extra")
@@ -92,7 +79,7 @@ def offline(monkeypatch):
 
 def test_pretrained_from_fake_hub(tmp_path, offline):
     released = unireplknet.create_model("unireplknet_a")
-    _fake_hub(tmp_path, "unireplknet_a", "in1k", released.state_dict())
+    release(tmp_path, "unireplknet_a", "in1k", released.state_dict())
     model = unireplknet.create_model("unireplknet_a", pretrained=True, cache_dir=tmp_path)
     assert _same_weights(released, model)
     assert model.pretrained_cfg["tag"] == "in1k"
@@ -111,7 +98,7 @@ def test_pretrained_from_fake_hub(tmp_path, offline):
 
 def test_pretrained_in22k_keeps_its_head(tmp_path, offline):
     released = unireplknet.create_model("unireplknet_s", num_classes=21841)
-    _fake_hub(tmp_path, "unireplknet_s", "in22k", released.state_dict())
+    release(tmp_path, "unireplknet_s", "in22k", released.state_dict())
     model = unireplknet.create_model("unireplknet_s", pretrained="in22k", cache_dir=tmp_path)
     assert model.head.out_features == 21841 and _same_weights(model, released)
 
@@ -133,3 +120,15 @@ def test_pretrained_local_file(tmp_path):
     torch.save(released.state_dict(), tmp_path / "mine.pth")
     model = unireplknet.create_model("unireplknet_a", pretrained=str(tmp_path / "mine.pth"))
     assert _same_weights(released, model)
+
+
+def test_pretrained_stem_adapts_to_in_chans(tmp_path):
+    released = unireplknet.create_model("unireplknet_a").eval()
+    torch.save(released.state_dict(), tmp_path / "mine.pth")
+    gray = torch.randn(2, 1, 64, 64)
+    one = unireplknet.create_model("unireplknet_a", pretrained=str(tmp_path / "mine.pth"), in_chans=1).eval()
+    with torch.no_grad():  # the summed stem sees a gray image as the 3-channel model sees it repeated
+        assert rel_error(one.forward_features(gray), released.forward_features(gray.expand(-1, 3, -1, -1))) < 1e-5
+    four = unireplknet.create_model("unireplknet_a", pretrained=str(tmp_path / "mine.pth"), in_chans=4)
+    stem = released.downsample_layers[0][0].weight
+    assert torch.allclose(four.downsample_layers[0][0].weight, torch.cat([stem, stem[:, :1]], 1) * 0.75)

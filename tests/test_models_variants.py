@@ -27,8 +27,8 @@ def test_state_dict_tables_and_param_counts_match_official(name, official_shapes
     with torch.device("meta"):
         train = unireplknet.create_model(name)
         deploy = unireplknet.create_model(name, deploy=True)
-    assert _shapes(train) == ref["train_state_dict"]
-    assert _shapes(deploy) == ref["deploy_state_dict"]
+    assert list(_shapes(train).items()) == list(ref["train_state_dict"].items())  # same keys, in the same order
+    assert list(_shapes(deploy).items()) == list(ref["deploy_state_dict"].items())
     assert count_parameters(train) == ref["train_params"]
     assert count_parameters(deploy) == ref["deploy_params"]
 
@@ -50,8 +50,10 @@ def test_h_variant_is_about_1_4b_params():
 
 
 def test_list_models_and_stage3_layout():
-    assert unireplknet.list_models() == list(VARIANTS)
-    assert unireplknet.list_models("*_x*") == ["unireplknet_xl"]
+    assert unireplknet.list_models("unireplknet_*") == list(VARIANTS)
+    assert unireplknet.list_models("unireplknet_x*") == ["unireplknet_xl"]
+    dense = unireplknet.list_models("*rcnn*")
+    assert len(dense) == 18 and "cascade_mask_rcnn_unireplknet_t" in dense and "mask_rcnn_unireplknet_xl" in dense
     with torch.device("meta"):
         t = unireplknet.create_model("unireplknet_t")
         s = unireplknet.create_model("unireplknet_s")

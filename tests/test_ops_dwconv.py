@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import dwconv_reference as _ref
+from tests.conftest import rel_error
 from unireplknet.ops import ENV_VAR, DepthwiseConv2d, dispatch, dwconv2d
 from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu, weight_grad_gemm
 
@@ -93,6 +94,35 @@ def test_cpu_gradcheck_float64(K: int, strategy: str) -> None:
     w = torch.randn(2, 1, K, K, dtype=torch.float64, generator=gen, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *a: dwconv2d_cpu(*a, strategy=strategy), (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("layout,K,ours", [("contiguous", 3, False), ("contiguous", 5, True),
+                                            ("channels_last", 11, False), ("channels_last", 13, True)])
+def test_cpu_backward_is_ours_only_where_measured_faster(layout: str, K: int, ours: bool) -> None:
+    """GEMM_WGRAD_MIN_K (NCHW) = 5, GEMM_WGRAD_MIN_K_NHWC = 13: below them oneDNN's own backward runs."""
+    x = _layout(torch.randn(1, 2, 6, 6), layout).requires_grad_()
+    y = dwconv2d_cpu(x, torch.randn(2, 1, K, K))
+    assert ("CpuDepthwiseConv2d" in type(y.grad_fn).__name__) == ours
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("K", [3, 7, 13, 17, 31])
+def test_cpu_float64_accumulates_in_float64(K: int, layout: str) -> None:
+    """Float64 in, every output and gradient at float64 accuracy (rel ≤ 1e-12; a float32 sum gives ~1e-7)."""
+    gen = torch.Generator().manual_seed(200 + K + len(layout))
+    N, C, H, W = _shape(gen, K)
+    x = _layout(torch.randn(N, C, H, W, dtype=torch.float64, generator=gen), layout).requires_grad_()
+    w = torch.randn(C, 1, K, K, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(C, dtype=torch.float64, generator=gen, requires_grad=True)
+    g = torch.randn(N, C, H, W, dtype=torch.float64, generator=gen) + 1 / 3  # a mean: float32 sums show
+    y = dwconv2d(x, w, b, backend="cpu")
+    y.backward(g)
+    xd, wd, bd = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xd, wd, bd, padding=K // 2, groups=C)
+    ref.backward(g)
+    for got, want in ((y, ref), (x.grad, xd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+        assert got.dtype == torch.float64
+        assert rel_error(got, want) <= 1e-12
 
 
 @pytest.mark.parametrize("K", [5, 9, 31])

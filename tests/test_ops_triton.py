@@ -26,6 +26,7 @@ _saved = os.environ.get("TRITON_INTERPRET")
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 from tests.conftest import dwconv_reference as _ref  # noqa: E402
+from tests.conftest import rel_error  # noqa: E402
 from unireplknet.ops import DepthwiseConv2d, dwconv2d  # noqa: E402
 from unireplknet.ops import triton_kernels as tk  # noqa: E402
 from unireplknet.ops.autograd import dwconv2d_triton  # noqa: E402
@@ -105,7 +106,7 @@ def test_weight_grad_split_reduction_sums_partials() -> None:
     x = torch.randn(2, 2, 21, 19, generator=gen).to(DEV)
     g = torch.randn(2, 2, 21, 19, generator=gen).to(DEV)
     K = 7
-    cfg = dict(tk.wgrad_config(42, 19, K, 2), BM=16, rows_per_split=16, splits=3)  # 3 row splits of 16 rows
+    cfg = dict(tk.wgrad_config(42, 19, K, 2, torch.float32), BM=16, rows_per_split=16, splits=3)  # 3 splits × 16 rows
     gw = tk.dwconv_wgrad(x, g, K, config=cfg)
     xd = x.double().requires_grad_()
     wd = torch.zeros(2, 1, K, K, dtype=torch.float64, device=DEV, requires_grad=True)
@@ -120,6 +121,26 @@ def test_gradcheck_float64(K: int) -> None:
     w = torch.randn(2, 1, K, K, dtype=torch.float64, generator=gen).to(DEV).requires_grad_()
     b = torch.randn(2, dtype=torch.float64, generator=gen).to(DEV).requires_grad_()
     assert torch.autograd.gradcheck(dwconv2d_triton, (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("K", [3, 9, 31])
+def test_float64_accumulates_in_float64(K: int, layout: str) -> None:
+    """Float64 in, every output and gradient at float64 accuracy (rel ≤ 1e-12; a float32 sum gives ~1e-7)."""
+    gen = torch.Generator().manual_seed(300 + K + len(layout))
+    N, C, H, W = _shape(gen, K)
+    x = _layout(torch.randn(N, C, H, W, dtype=torch.float64, generator=gen), layout).to(DEV).requires_grad_()
+    w = torch.randn(C, 1, K, K, dtype=torch.float64, generator=gen).to(DEV).requires_grad_()
+    b = torch.randn(C, dtype=torch.float64, generator=gen).to(DEV).requires_grad_()
+    g = (torch.randn(N, C, H, W, dtype=torch.float64, generator=gen) + 1 / 3).to(DEV)  # float32 sums show
+    y = dwconv2d(x, w, b, backend="triton")
+    y.backward(g)
+    xd, wd, bd = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xd, wd, bd, padding=K // 2, groups=C)
+    ref.backward(g)
+    for got, want in ((y, ref), (x.grad, xd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+        assert got.dtype == torch.float64
+        assert rel_error(got, want) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 4e-2)])
@@ -156,7 +177,7 @@ def test_configs_respect_dot_minimums() -> None:
             for dt in (torch.float32, torch.bfloat16):
                 cfg = tk.fwd_config(64 * W, W, K, dt)
                 assert cfg["BM"] >= 16 and cfg["BW"] >= 16 and cfg["DK"] >= cfg["BW"] + K - 1
-            wc = tk.wgrad_config(4 * W, W, K, 384)
+            wc = tk.wgrad_config(4 * W, W, K, 384, dt)
             assert wc["KB"] >= K and wc["DK"] >= wc["BW"] + K - 1
             assert wc["splits"] * wc["rows_per_split"] >= 4 * W
             assert (wc["splits"] - 1) * wc["rows_per_split"] < 4 * W

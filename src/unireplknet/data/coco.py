@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from unireplknet.errors import UserError
+from unireplknet.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 Target = dict[str, Any]
@@ -40,17 +40,8 @@ def mask_api() -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temp file in the same folder, renamed when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    atomic_write_text(json.dumps(obj), path)
 
 
 def read_coco_json(path: Path) -> dict[str, Any]:

@@ -26,6 +26,12 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 CORRUPT_TARGET = -1
 
 
+def cache_dir() -> Path:
+    """Where built-in datasets are generated once and kept: ``$UNIREPLKNET_CACHE`` (default
+    ``~/.cache/unireplknet``)."""
+    return Path(os.environ.get("UNIREPLKNET_CACHE", Path.home() / ".cache" / "unireplknet"))
+
+
 def data_folder(path: str | os.PathLike, expected: str) -> Path:
     """``path`` as a folder; a UserError that says whether it is missing or a file, and what is ``expected``."""
     root = Path(path)

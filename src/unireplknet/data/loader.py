@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -68,12 +68,12 @@ def build_datasets(cfg: Any) -> tuple[Dataset, Dataset, list[str]]:
 
 
 def build_loader(dataset: Dataset, cfg: Any, *, rank: int, world_size: int, train: bool,
-                 device: torch.device) -> DataLoader:
+                 device: torch.device, collate: Callable | None = None) -> DataLoader:
     """A loader over this rank's shard (its ``sampler`` resumes mid-epoch). Training drops the last partial batch
-    (mixup needs pairs)."""
+    (mixup needs pairs). ``collate`` batches samples (default: stacking)."""
     sampler = ResumableDistributedSampler(len(dataset), rank=rank, world_size=world_size, shuffle=train,
                                           seed=cfg.seed, pad=train)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=cfg.pin_memory and device.type == "cuda", drop_last=train,
-                        persistent_workers=cfg.workers > 0)
+                        persistent_workers=cfg.workers > 0, collate_fn=collate)
     return loader

@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unireplknet.data.datasets import cache_dir
 from unireplknet.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ TRAIN_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f
 TEST_VARIANTS = ("m8", "f5", "boris", "iven", "klatt", "grandma", "Lee", "antonio")
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-029")
 SAMPLE_RATE = 16000
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("UNIREPLKNET_CACHE", Path.home() / ".cache" / "unireplknet"))
 
 
 class _ESpeak:

@@ -40,6 +40,21 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(o)
 
 
+def output_difference(out: Any, ref: Any) -> float:
+    """The largest absolute difference between two model outputs (tensors, or lists / dicts of them); infinite
+    when their structure or shapes differ (e.g. a detector keeping another number of boxes)."""
+    pairs = list(zip(_tensors(out), _tensors(ref)))
+    if len(pairs) != len(list(_tensors(out))) or len(pairs) != len(list(_tensors(ref))):
+        return math.inf
+    diff = 0.0
+    for a, b in pairs:
+        if a.shape != b.shape:
+            return math.inf
+        if a.numel():
+            diff = max(diff, float((a.float() - b.float()).abs().max()))
+    return diff
+
+
 class DeployCheck(nn.Module):
     """Runs the training form and the deploy form on every batch and returns the training form's output, keeping
     the largest output difference (and, for class scores on dim 1, how many predicted labels agree)."""
@@ -51,13 +66,9 @@ class DeployCheck(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         out, ref = self.model(*args), self.deploy(*args)
+        self.max_diff = max(self.max_diff, output_difference(out, ref))
         for a, b in zip(_tensors(out), _tensors(ref)):
-            if a.shape != b.shape:
-                self.max_diff = math.inf
-                continue
-            if a.numel():
-                self.max_diff = max(self.max_diff, float((a.float() - b.float()).abs().max()))
-            if self.labels and a.is_floating_point() and a.dim() >= 2:
+            if self.labels and a.is_floating_point() and a.dim() >= 2 and a.shape == b.shape:
                 self.agree += int((a.argmax(1) == b.argmax(1)).sum())
                 self.total += a.argmax(1).numel()
         return out
@@ -102,9 +113,12 @@ def finalize(run: Run, folder: RunFolder) -> dict[str, Any]:
             continue
         ctx = EvalContext(device=device, limit_batches=cfg.limit_val_batches, distributed=False,
                           detailed=split == data.held_out, progress=run.progress)
-        result = task.evaluate(check, eval_loader(dataset, cfg.batch_size, cfg.workers), ctx)
-        summary |= {f"{split}_{k}": v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-        details = result if split == data.held_out else details
+        result = task.evaluate(check, eval_loader(dataset, cfg.batch_size, cfg.workers, data.collate), ctx)
+        scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        summary |= {f"{split}_{k}": v for k, v in scalars.items()}
+        if split == data.held_out:  # test_* always holds the held-out split's metrics (val when there is no test)
+            summary |= {f"test_{k}": v for k, v in scalars.items()}
+            details = result
     summary |= check.summary() | task.extra_summary(model, cfg, run.args, data, device)
     if cfg.export_onnx:
         summary |= _export(run, deploy, folder.file("model.onnx"), paths)
@@ -129,7 +143,7 @@ def _export(run: Run, deploy: nn.Module, path: Any, paths: dict[str, Any]) -> di
         return {"onnx_skipped": blocker}
     deploy = deploy.cpu()
     export_onnx(deploy, path, input_size=tuple(run.meta["input_size"]))
-    sample = next(iter(eval_loader(getattr(run.data, run.data.held_out), 8)))[0]
+    sample = next(iter(eval_loader(getattr(run.data, run.data.held_out), 8, collate=run.data.collate)))[0]
     diff = verify_onnx(deploy, path, sample)
     paths["onnx"] = path
     log.info("ONNX export %s: max |onnxruntime - PyTorch| = %.2e", path, diff)

@@ -144,7 +144,8 @@ def _build(task: Task, cfg: TrainConfig, args: Any, dist: D.DistInfo, resume: di
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[dist.device] if dist.device.type == "cuda" else None)
     loaders = [build_loader(ds, cfg, rank=dist.rank, world_size=dist.world_size, train=split == "train",
-                            device=dist.device) for split, ds in (("train", data.train), ("val", data.val))]
+                            device=dist.device, collate=data.collate) for split, ds in (("train", data.train),
+                                                                                        ("val", data.val))]
     run = Run(task=task, cfg=cfg, args=args, dist=dist, progress=progress, data=data, meta=meta, model=model,
               train_model=train_model, criterion=task.criterion(cfg, args, data),
               batch_transform=task.batch_transform(cfg, args, data), train_loader=loaders[0],

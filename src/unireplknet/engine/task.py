@@ -34,12 +34,14 @@ Criterion = Callable[[nn.Module, Any, Any], torch.Tensor]
 @dataclass
 class TaskData:
     """Datasets of a run and what the task learned about them (``info``: class names, statistics, ...).
-    ``test`` is the held-out split when the data has one; otherwise ``val`` is."""
+    ``test`` is the held-out split when the data has one; otherwise ``val`` is. ``collate`` batches samples when
+    stacking does not (e.g. images of different sizes: lists)."""
 
     train: Dataset
     val: Dataset
     test: Dataset | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    collate: Callable[[list[Any]], Any] | None = None
 
     @property
     def held_out(self) -> str:
@@ -86,9 +88,10 @@ def outputs_criterion(loss_fn: Callable[[Any, Any], torch.Tensor]) -> Criterion:
     return lambda model, inputs, targets: loss_fn(model(inputs), targets)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0,
+                collate: Callable[[list[Any]], Any] | None = None) -> DataLoader:
     """An in-order evaluation loader over ``dataset`` (one process)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
 
 
 class Task(Protocol):
@@ -162,10 +165,9 @@ class Task(Protocol):
 
     def summary_lines(self, summary: Mapping[str, Any]) -> list[str]:
         """The metric lines printed at the end of ``unireplknet train``."""
-        split = summary.get("test_split", "val")
-        metrics = "  ".join(f"{k[len(split) + 1:]} {v:.4g}" for k, v in summary.items()
-                            if k.startswith(f"{split}_") and isinstance(v, float))
-        return [f"  held-out ({split}): {metrics}"]
+        metrics = "  ".join(f"{k[5:]} {v:.4g}" for k, v in summary.items()
+                            if k.startswith("test_") and isinstance(v, float))
+        return [f"  held-out ({summary.get('test_split', 'val')}): {metrics}"]
 
     # -- checkpoints: eval / predict / export ----------------------------------------------------------------------
     def checkpoint_data(self, meta: Mapping[str, Any], cfg: TrainConfig, data: str | None) -> tuple[TaskData, Any]:
@@ -185,7 +187,7 @@ class Task(Protocol):
         own data), as ``test_*`` keys."""
         self.check_img_size(request.img_size)
         data, _ = self.checkpoint_data(meta, cfg, request.data)
-        held_out = eval_loader(getattr(data, data.held_out), request.batch_size, request.workers)
+        held_out = eval_loader(getattr(data, data.held_out), request.batch_size, request.workers, data.collate)
         result = self.evaluate(model.to(request.device), held_out, EvalContext(device=request.device,
                                                                                distributed=False))
         return {"task": self.name, "split": data.held_out, **{f"test_{k}": v for k, v in result.items()}}

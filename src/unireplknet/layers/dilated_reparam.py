@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -19,18 +21,42 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     15: ((5, 7, 3, 3, 3), (1, 2, 3, 5, 7)),
     17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
 }
+#: Smallest kernel size whose UniRepLKNet block is a Dilated Reparam Block (official: 3 and 5 are plain convs).
+MIN_DILATED_KERNEL = 7
+
+
+def uses_dilated_reparam(kernel_size: int) -> bool:
+    """Whether a UniRepLKNet block with this kernel size is built around a :class:`DilatedReparamBlock`."""
+    return kernel_size >= MIN_DILATED_KERNEL
 
 
 def _batch_norm(channels: int, use_sync_bn: bool) -> nn.Module:
     return nn.SyncBatchNorm(channels) if use_sync_bn else nn.BatchNorm2d(channels)
 
 
+def _rename_keys(state: dict[str, Any], prefix: str, names: dict[str, str]) -> None:
+    """Rename, in place and in order, the entries of ``state`` under ``prefix + old`` to ``prefix + new``."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        module, _, leaf = key[len(prefix):].rpartition(".")
+        if module in names:
+            state[f"{prefix}{names[module]}.{leaf}"] = state.pop(key)
+
+
+def _save_official_keys(module: DilatedReparamBlock, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    _rename_keys(state, prefix, module.branch_key_names())
+
+
+def _load_official_keys(module: DilatedReparamBlock, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    _rename_keys(state, prefix, {v: k for k, v in module.branch_key_names().items()})
+
+
 class DilatedReparamBlock(nn.Module):
     """A depthwise K×K conv + BN, plus parallel dilated depthwise k×k convs (dilation r) + BN, summed.
 
     (N, C, H, W) -> (N, C, H, W). ``reparameterize()`` merges every branch and BatchNorm into one
-    K×K depthwise conv with bias (``lk_origin``), exactly. Key names follow the official checkpoints:
-    ``lk_origin``, ``origin_bn``, ``dil_conv_k{k}_{r}``, ``dil_bn_k{k}_{r}``.
+    K×K depthwise conv with bias (``lk_origin``), exactly. The branches live in ``dil_branches`` (a ModuleList of
+    (conv, BN) pairs, so TorchScript and FX can loop over them); state dicts keep the official key names
+    ``lk_origin``, ``origin_bn``, ``dil_conv_k{k}_{r}``, ``dil_bn_k{k}_{r}`` (renamed by state-dict hooks).
     """
 
     def __init__(self, channels: int, kernel_size: int, deploy: bool = False, use_sync_bn: bool = False,
@@ -54,29 +80,31 @@ class DilatedReparamBlock(nn.Module):
         self.branches = tuple(zip(branch_kernel_sizes, branch_dilations))
         self.deploy = deploy
         self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy)
-        if not deploy:
-            self.origin_bn = _batch_norm(channels, use_sync_bn)
-            for k, r in self.branches:
-                self.add_module(f"dil_conv_k{k}_{r}", nn.Conv2d(
-                    channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r, groups=channels,
-                    bias=False))
-                self.add_module(f"dil_bn_k{k}_{r}", _batch_norm(channels, use_sync_bn))
+        self.origin_bn = nn.Identity() if deploy else _batch_norm(channels, use_sync_bn)
+        self.dil_branches = nn.ModuleList() if deploy else nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
+                                    groups=channels, bias=False), _batch_norm(channels, use_sync_bn))
+            for k, r in self.branches)
+        self.register_state_dict_post_hook(_save_official_keys)
+        self.register_load_state_dict_pre_hook(_load_official_keys)
+
+    def branch_key_names(self) -> dict[str, str]:
+        """Module name in ``dil_branches`` -> official key name, e.g. ``'dil_branches.0.1' -> 'dil_bn_k5_1'``."""
+        return {f"dil_branches.{i}.{j}": f"dil_{kind}_k{k}_{r}"
+                for i, (k, r) in enumerate(self.branches) for j, kind in enumerate(("conv", "bn"))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy:
-            return self.lk_origin(x)
         out = self.origin_bn(self.lk_origin(x))
-        for k, r in self.branches:
-            out = out + getattr(self, f"dil_bn_k{k}_{r}")(getattr(self, f"dil_conv_k{k}_{r}")(x))
+        for branch in self.dil_branches:
+            out = out + branch(x)
         return out
 
     @torch.no_grad()
     def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The equivalent K×K depthwise kernel (C, 1, K, K) and bias (C,)."""
         kernel, bias = fuse_bn(self.lk_origin.weight, self.origin_bn)
-        for k, r in self.branches:
-            branch_kernel, branch_bias = fuse_bn(getattr(self, f"dil_conv_k{k}_{r}").weight,
-                                                 getattr(self, f"dil_bn_k{k}_{r}"))
+        for (conv, bn), (_, r) in zip(self.dil_branches, self.branches):
+            branch_kernel, branch_bias = fuse_bn(conv.weight, bn)
             kernel = kernel + pad_kernel(dilate_kernel(branch_kernel, r), self.kernel_size)
             bias = bias + branch_bias
         return kernel, bias
@@ -91,10 +119,8 @@ class DilatedReparamBlock(nn.Module):
         merged.weight.data.copy_(kernel)
         merged.bias.data.copy_(bias)
         self.lk_origin = merged
-        del self.origin_bn
-        for k, r in self.branches:
-            delattr(self, f"dil_conv_k{k}_{r}")
-            delattr(self, f"dil_bn_k{k}_{r}")
+        self.origin_bn = nn.Identity()
+        self.dil_branches = nn.ModuleList()
         self.deploy = True
 
     def extra_repr(self) -> str:

@@ -68,6 +68,21 @@ def extract_state_dict(obj: Mapping[str, Any]) -> StateDict:
     return state
 
 
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A 3-channel input conv's weight (C_out, 3, k, k) for ``in_chans`` inputs, the rule of timm's
+    ``adapt_input_conv``: summed over the channels for 1, else tiled to ``in_chans`` and scaled by 3 / in_chans
+    (a gray or repeated image then gives the same response)."""
+    if weight.shape[1] != 3:
+        raise CheckpointError(f"cannot adapt an input conv with {weight.shape[1]} input channels (expects 3) "
+                              f"to in_chans={in_chans}; build the model with in_chans={weight.shape[1]}")
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True).to(dtype)
+    repeats = -(-in_chans // 3)
+    return (weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (3 / in_chans)).to(dtype)
+
+
 def _form_hint(model: nn.Module, missing: list[str], unexpected: list[str]) -> str:
     deploy_keys = any(k.endswith("lk_origin.bias") or k.endswith("pwconv2.0.bias") for k in unexpected)
     train_keys = any(".origin_bn." in k or k.endswith(".gamma") or ".pwconv2.2." in k for k in unexpected)

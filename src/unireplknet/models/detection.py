@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Constructor arguments that go to the backbone rather than the detector.
-BACKBONE_KWARGS = ("drop_path_rate", "kernel_sizes", "with_cp", "deploy", "attempt_use_lk_impl", "use_sync_bn",
-                   "layer_scale_init_value", "in_chans", "ffn_factor")
+BACKBONE_KWARGS = ("depths", "dims", "drop_path_rate", "kernel_sizes", "with_cp", "deploy", "attempt_use_lk_impl",
+                   "use_sync_bn", "layer_scale_init_value", "in_chans", "ffn_factor")
 
 
 class StridedAnchorGenerator(AnchorGenerator):
@@ -207,8 +207,8 @@ def build_detector(variant: str, num_classes: int = 80, pretrained_backbone: boo
     spec = VARIANTS[name]
     backbone_kwargs = {k: kwargs.pop(k) for k in BACKBONE_KWARGS if k in kwargs}
     deploy = bool(backbone_kwargs.pop("deploy", False))  # weights are training form: load, then convert
-    backbone = UniRepLKNetFeatures(depths=spec.depths, dims=spec.dims, deploy=deploy and not pretrained_backbone,
-                                   **backbone_kwargs)
+    backbone_kwargs = {"depths": spec.depths, "dims": spec.dims, **backbone_kwargs}  # (custom depths/dims win)
+    backbone = UniRepLKNetFeatures(deploy=deploy and not pretrained_backbone, **backbone_kwargs)
     model = CascadeMaskRCNN(backbone, num_classes=num_classes, num_stages=num_stages, **kwargs)
     if pretrained_backbone is True:
         from unireplknet.models.registry import create_model

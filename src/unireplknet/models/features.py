@@ -38,7 +38,7 @@ class UniRepLKNetFeatures(UniRepLKNet):
         if not out_indices or any(i not in range(4) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {out_indices}")
         self.out_indices = out_indices
-        del self.norm, self.head
+        del self.norm, self.head_drop, self.head
         for i in out_indices:
             self.add_module(f"norm{i}", LayerNorm2d(self.dims[i]))
         self.feature_info = FeatureInfo(

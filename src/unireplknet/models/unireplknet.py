@@ -2,9 +2,8 @@
 
 Key names follow the official checkpoints, so official state dicts load with plain ``load_state_dict``:
 ``downsample_layers.{0..3}`` (stem and downsampling), ``stages.{i}.{j}`` (blocks), ``norm`` and ``head``.
+(No ``from __future__ import annotations`` here: FX code generation needs the forward's annotations evaluated.)
 """
-
-from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
@@ -26,12 +25,19 @@ from unireplknet.layers import (
     merge_bn_into_linear,
     scaled_linear,
 )
+from unireplknet.layers.dilated_reparam import uses_dilated_reparam
 from unireplknet.models.variants import default_kernel_sizes
 from unireplknet.ops import DepthwiseConv2d
 
+__all__ = ["POOL_TYPES", "UniRepLKNet", "UniRepLKNetBlock"]
+
+#: Global pooling types of the head (``global_pool``): timm's names; '' keeps the map (per-position outputs).
+#: timm's 'catavgmax' doubles the pooled width, which the head's LayerNorm (official weights) cannot take.
+POOL_TYPES = ("avg", "max", "avgmax", "")
+
 
 class UniRepLKNetBlock(nn.Module):
-    """A LarK (K >= 7: Dilated Reparam Block) or SmaK (K = 3) block; (N, C, H, W) -> same.
+    """A LarK (Dilated Reparam Block, see ``uses_dilated_reparam``) or SmaK (K = 3) block; (N, C, H, W) -> same.
 
     x + drop_path(gamma * BN(Linear(GRN(GELU(Linear(SE(BN(DWConv(x)))))))))  — paper Fig. 3.
     ``kernel_size=0`` drops the spatial conv and its BatchNorm. The deploy form has no BatchNorm,
@@ -50,7 +56,7 @@ class UniRepLKNetBlock(nn.Module):
         backend = "auto" if attempt_use_lk_impl else "torch"
         if kernel_size == 0:
             self.dwconv: nn.Module = nn.Identity()
-        elif kernel_size >= 7:
+        elif uses_dilated_reparam(kernel_size):
             self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy, use_sync_bn=use_sync_bn)
             self.dwconv.lk_origin.backend = backend
         else:
@@ -79,7 +85,7 @@ class UniRepLKNetBlock(nn.Module):
         se_weights = self.se.channel_weights(y)  # (N, C)
         fc1, grn, fc2 = self.pwconv1[1], self.act[1], self.pwconv2[0]
         h = scaled_linear(y.permute(0, 2, 3, 1), se_weights, fc1.weight, fc1.bias)  # (N, H, W, 4C)
-        h = _gelu(h)
+        h = gelu_inplace_inference(h)
         bias2 = fc2.bias
         if grn.beta is not None:
             grn_bias = fc2.weight @ grn.beta.reshape(-1)
@@ -91,7 +97,16 @@ class UniRepLKNetBlock(nn.Module):
             y = y * self.gamma.view(1, -1, 1, 1)
         return self.drop_path(y)
 
+    def _plain_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch module by module, as in Fig. 3 (the path TorchScript compiles)."""
+        y = self.pwconv2(self.act(self.pwconv1(self.se(self.norm(self.dwconv(x))))))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return self.drop_path(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch
+            return x + self._plain_residual(x)
         if self.with_cp and x.requires_grad and torch.is_grad_enabled():
             return x + checkpoint(self._residual, x, use_reentrant=False)
         return x + self._residual(x)
@@ -133,10 +148,12 @@ class UniRepLKNetBlock(nn.Module):
         self.deploy = True
 
 
-def _gelu(x: torch.Tensor) -> torch.Tensor:
+def gelu_inplace_inference(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU; in place when nothing needs the input (inference): saves allocating and
     faulting in a 4C-wide map per block, ~10% of CPU inference time."""
-    if x.requires_grad or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_scripting():  # TorchScript compiles only this branch (a scripted FX graph calls this function)
+        return F.gelu(x)
+    if x.requires_grad or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
 
@@ -163,12 +180,44 @@ def _resolve_kernel_sizes(depths: Sequence[int], kernel_sizes: Any) -> tuple[tup
     return resolved
 
 
+def _take_indices(n: int, indices: int | list[int] | None) -> list[int]:
+    """timm's stage selection: None -> all n, an int k -> the last k, a sequence -> those (negative from the end)."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices} asks for the last {indices} of {n} stages: use 1..{n}")
+        return list(range(n - indices, n))
+    taken = [i + n if i < 0 else i for i in indices]
+    if not taken or any(not 0 <= i < n for i in taken):
+        raise ValueError(f"stage indices {indices} out of range for {n} stages: use 0..{n - 1} (or -{n}..-1)")
+    return taken
+
+
+def _global_pool(x: torch.Tensor, pool_type: str) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C): 'avg', 'max' or 'avgmax' (their mean)."""
+    if pool_type == "avg":
+        return x.mean(dim=(2, 3))
+    if pool_type == "max":
+        return x.amax(dim=(2, 3))
+    return 0.5 * (x.mean(dim=(2, 3)) + x.amax(dim=(2, 3)))
+
+
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"global_pool={global_pool!r} is not supported; use one of {POOL_TYPES} "
+                         "('' keeps the map: per-position outputs)")
+    return global_pool
+
+
 class UniRepLKNet(nn.Module):
     """UniRepLKNet: stem, 4 stages of LarK/SmaK blocks with 3 downsampling layers, pool + LayerNorm + Linear.
 
     (N, in_chans, H, W) -> (N, num_classes). ``kernel_sizes``: per stage, one size per block (``None``:
     the official default table for ``depths``; an int: that size in stages 2–4 and 3 in stage 1).
-    Accepts the official constructor's arguments (``init_cfg`` is ignored: it only concerns mmcv).
+    Accepts the official constructor's arguments (``init_cfg`` is ignored: it only concerns mmcv) and timm's
+    ``global_pool`` (one of ``POOL_TYPES``; '' gives per-position outputs (N, num_classes, h, w)) and
+    ``drop_rate`` (dropout before the classifier).
     """
 
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, depths: Sequence[int] = (3, 3, 27, 3),
@@ -176,7 +225,7 @@ class UniRepLKNet(nn.Module):
                  layer_scale_init_value: float = 1e-6, head_init_scale: float = 1.0,
                  kernel_sizes: Any = None, deploy: bool = False, with_cp: bool = False,
                  init_cfg: Any = None, attempt_use_lk_impl: bool = True, use_sync_bn: bool = False,
-                 ffn_factor: int = 4, **kwargs: Any) -> None:
+                 ffn_factor: int = 4, global_pool: str = "avg", drop_rate: float = 0.0, **kwargs: Any) -> None:
         super().__init__()
         if kwargs:
             raise TypeError(f"UniRepLKNet got unexpected arguments: {sorted(kwargs)}")
@@ -185,8 +234,10 @@ class UniRepLKNet(nn.Module):
             raise ValueError(f"depths and dims need 4 entries each, got {depths} and {dims}")
         self.kernel_sizes = _resolve_kernel_sizes(depths, kernel_sizes)
         self.depths, self.dims = depths, dims
+        self.in_chans = in_chans
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = dims[-1]
+        self.global_pool = _check_pool(global_pool)
         self.deploy = deploy
         self.grad_checkpointing = with_cp
 
@@ -204,7 +255,8 @@ class UniRepLKNet(nn.Module):
                                  use_sync_bn=use_sync_bn, ffn_factor=ffn_factor)
                 for j in range(depths[i])]))
             offset += depths[i]
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.norm: nn.Module = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}") for i in range(4)]
 
@@ -221,15 +273,64 @@ class UniRepLKNet(nn.Module):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(N, C, h, w) -> pooled, normalized features (N, C) if ``pre_logits`` else logits (N, num_classes)."""
-        x = self.norm(x.mean(dim=(2, 3)))
+        """(N, C, h, w) -> pooled, normalized features (N, C) if ``pre_logits`` else logits (N, num_classes);
+        with ``global_pool=''`` the same per position: (N, C or num_classes, h, w)."""
+        if self.global_pool == "":
+            x = self.head_drop(self.norm(x.permute(0, 2, 3, 1)))  # (N, h, w, C)
+            return (x if pre_logits else self.head(x)).permute(0, 3, 1, 2)
+        x = self.head_drop(self.norm(_global_pool(x, self.global_pool)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (N, dims[i], H/2^(i+2), W/2^(i+2)) for the stages ``indices`` picks, timm's way.
+
+        ``indices``: None (all), an int k (the last k) or a list / tuple of stage numbers (negative: from the end).
+        Returns the list of maps if ``intermediates_only``, else (final map as from ``forward_features``, list);
+        with ``stop_early`` the stages after the last pick are skipped (the "final" map is then that stage's).
+        ``output_fmt``: 'NCHW' or 'NHWC'. ``norm`` changes nothing: UniRepLKNet has no norm on its maps
+        (its final LayerNorm belongs to the head and follows the pooling).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt='{output_fmt}' is not supported; use 'NCHW' or 'NHWC'")
+        take = _take_indices(len(self.stages), indices)
+        last = max(take) if stop_early else len(self.stages) - 1
+        intermediates = []
+        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
+            if i <= last:  # (no break: TorchScript unrolls loops over modules)
+                x = stage(downsample(x))
+                if i in take:
+                    intermediates.append(x if output_fmt == "NCHW" else x.permute(0, 2, 3, 1))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (as for ``forward_intermediates``); returns those indices.
+
+        With ``prune_head`` (or when stages go) the head goes too, its LayerNorm included (it is sized for the
+        final features): the model then returns the last kept stage's map. ``prune_norm`` changes nothing
+        (there is no norm on the maps).
+        """
+        take = _take_indices(len(self.stages), indices)
+        keep = max(take) + 1
+        pruned_end = keep < len(self.stages)
+        self.downsample_layers = self.downsample_layers[:keep]
+        self.stages = self.stages[:keep]
+        if pruned_end:
+            self.num_features = self.head_hidden_size = self.dims[keep - 1]
+        if prune_head or pruned_end:
+            self.norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+
     # -- re-parameterization -------------------------------------------------------------------------------
-    def reparameterize(self) -> UniRepLKNet:
+    def reparameterize(self) -> "UniRepLKNet":
         """Convert every block to its deploy form, in place; returns the model."""
         for module in list(self.modules()):
             if isinstance(module, UniRepLKNetBlock):
@@ -242,14 +343,16 @@ class UniRepLKNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head with a fresh Linear for ``num_classes`` (0: no head, the model returns features)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"only average pooling is supported, got global_pool={global_pool!r}")
+        """A fresh head Linear for ``num_classes`` (0: none, the model returns features), on the model's device
+        and dtype; ``global_pool``: None keeps the current pooling, else one of ``POOL_TYPES``."""
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool)
         self.num_classes = num_classes
-        device, dtype = self.norm.weight.device, self.norm.weight.dtype
-        self.head = nn.Linear(self.num_features, num_classes).to(device, dtype) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            _init_weights(self.head)
+        ref = self.downsample_layers[0][0].weight
+        head = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0 \
+            else nn.Identity()
+        _init_weights(head)
+        self.head = head.train(self.training)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

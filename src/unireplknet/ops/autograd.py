@@ -34,7 +34,8 @@ class TritonDepthwiseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = tk.dwconv_wgrad(x, grad_out, K).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+            acc = torch.promote_types(grad_out.dtype, torch.float32)  # fp32 sums; fp64 stays fp64
+            gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
         return gx, gw, gb
 
 

@@ -24,16 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["GEMM_WGRAD_MIN_K", "MAX_FAST_NCHW_WIDTH", "SLOW_NHWC_K", "column_blocks", "dwconv2d_cpu",
-           "is_channels_last", "weight_grad_gemm"]
+__all__ = ["GEMM_WGRAD_MIN_K", "GEMM_WGRAD_MIN_K_NHWC", "MAX_FAST_NCHW_WIDTH", "SLOW_NHWC_K", "column_blocks",
+           "dwconv2d_cpu", "is_channels_last", "weight_grad_gemm"]
 
 #: widest kernel (columns) that oneDNN's NCHW depthwise kernel runs without falling off the cliff.
 MAX_FAST_NCHW_WIDTH = 13
 #: kernel sizes oneDNN's NHWC depthwise kernel runs anomalously slowly; run as K + 2 with a zero border.
 SLOW_NHWC_K = frozenset({13})
-#: smallest K whose CPU backward is ours (weight_grad_gemm): measured 2× faster than oneDNN's at K = 5–13,
-#: 7–9× at K = 17–31 (4×384×32×32, 1 thread); at K = 3 oneDNN's is faster.
+#: smallest K whose CPU backward is ours (weight_grad_gemm), NCHW input: measured 2× faster than oneDNN's at
+#: K = 5–13, 7–9× at K = 17–31 (4×384×32×32, 1 thread); at K = 3 oneDNN's is faster.
 GEMM_WGRAD_MIN_K = 5
+#: the same for channels-last input: oneDNN's NHWC backward is faster up to K = 11 (ours 0.6–0.7× at K = 5–9,
+#: even at 11), ours from K = 13 (1.2×, 3× at K = 31; 4×384×32×32, 1 thread, docs/benchmarks.md).
+GEMM_WGRAD_MIN_K_NHWC = 13
 
 
 def _nhwc_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -63,14 +66,16 @@ def dwconv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     x (N, C, H, W) any memory format, weight (C, 1, K, K), bias (C,) or None -> (N, C, H, W) in x's format.
     strategy: "auto" (``wide_nchw`` for NCHW input with K > 13, direct otherwise), "split" (column blocks),
     "channels_last" (convert the input to NHWC and back), or "direct" (plain F.conv2d).
-    With autograd and K ≥ GEMM_WGRAD_MIN_K the backward is ours: grad input = the same forward with the
-    flipped kernel, grad weight = ``weight_grad_gemm`` (oneDNN's depthwise backward is 2–9× slower here).
+    With autograd and K ≥ GEMM_WGRAD_MIN_K (GEMM_WGRAD_MIN_K_NHWC for channels-last x) the backward is ours:
+    grad input = the same forward with the flipped kernel, grad weight = ``weight_grad_gemm`` (oneDNN's
+    depthwise backward is 2–9× slower there).
     """
     if strategy not in ("auto", "split", "channels_last", "direct"):
         raise ValueError(f"unknown CPU strategy {strategy!r}; use 'auto', 'split', 'channels_last', 'direct'")
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
-    if needs_grad and weight.shape[-1] >= GEMM_WGRAD_MIN_K:
+    min_k = GEMM_WGRAD_MIN_K_NHWC if is_channels_last(x) else GEMM_WGRAD_MIN_K
+    if needs_grad and weight.shape[-1] >= min_k:
         return _CpuDepthwiseConv2d.apply(x, weight, bias, strategy, wide_nchw)
     return _forward(x, weight, bias, strategy, wide_nchw)
 
@@ -98,7 +103,8 @@ class _CpuDepthwiseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gw = weight_grad_gemm(x, grad_out, weight.shape[-1]).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_out.sum(dim=(0, 2, 3), dtype=torch.float32).to(grad_out.dtype)
+            acc = torch.promote_types(grad_out.dtype, torch.float32)  # fp32 sums; fp64 stays fp64
+            gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
         return gx, gw, gb, None, None
 
 
@@ -145,7 +151,7 @@ def weight_grad_gemm(x: torch.Tensor, grad_out: torch.Tensor, K: int) -> torch.T
     xs = F.pad(xs.reshape(C, N * Hp, Wp), (0, 0, 0, K - 1))  # (C, N*Hp + K-1, Wp)
     gs = F.pad(grad_out.transpose(0, 1), (0, 0, 0, 2 * P)).reshape(C, N * Hp, W)  # (C, N*Hp, W)
     gt = gs.transpose(1, 2)  # (C, W, N*Hp)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = torch.promote_types(x.dtype, torch.float32)  # fp32, fp64 for fp64: never below the input
     out = torch.empty((C, K, K), dtype=acc, device=x.device)
     for i in range(K):
         d = torch.bmm(gt, xs[:, i:i + N * Hp])  # (C, W, Wp)

@@ -99,7 +99,8 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
 class DepthwiseConv2d(nn.Module):
     """Depthwise K×K convolution, stride 1, 'same' padding; parameters ``weight`` (C, 1, K, K), ``bias`` (C,).
 
-    Input / output (N, C, H, W). The backend is chosen per call (ops/dispatch.py) unless fixed here.
+    Input / output (N, C, H, W). The backend is chosen per call (ops/dispatch.py) unless fixed here;
+    TorchScript gets plain F.conv2d, and timm's FX tracers keep the module as a leaf (models/timm_registry.py).
     """
 
     def __init__(self, channels: int, kernel_size: int, bias: bool = True, backend: str = "auto") -> None:
@@ -123,6 +124,8 @@ class DepthwiseConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch: the plain convolution
+            return F.conv2d(x, self.weight, self.bias, padding=self.kernel_size // 2, groups=self.channels)
         return dwconv2d(x, self.weight, self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["dwconv_fwd", "dwconv_wgrad", "fwd_config", "wgrad_config"]
+__all__ = ["dwconv_fwd", "dwconv_wgrad", "fwd_config", "fwd_launch", "wgrad_config", "wgrad_launch"]
 
 
 # Only language builtins inside the kernels (tl.full / tl.reduce, not tl.zeros / tl.sum, which are themselves
@@ -143,21 +143,30 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _capability(x: torch.Tensor) -> int | None:
+    """The CUDA compute capability of x's device as 80, 90, ...; None for CPU tensors (the interpreter)."""
+    if not x.is_cuda:
+        return None
+    major, minor = torch.cuda.get_device_capability(x.device)
+    return 10 * major + minor
 
 
-def _precision(x: torch.Tensor) -> str:
+def _precision(dtype: torch.dtype, capability: int | None) -> str:
     # fp32: three-pass TF32 keeps ~fp32 accuracy on tensor cores (sm80+); IEEE FMA before Ampere and in the
     # interpreter. UNIREPLKNET_DWCONV_FP32_PRECISION (tf32x3 | tf32 | ieee) overrides on sm80+.
-    if x.dtype == torch.float32 and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] >= 8:
+    if dtype == torch.float32 and capability is not None and capability >= 80:
         return os.environ.get("UNIREPLKNET_DWCONV_FP32_PRECISION", "tf32x3")
     return "ieee"
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    # Triton 3.7's interpreter computes bf16 tl.dot wrongly (numpy has no bf16): upcast there only.
-    return dtype == torch.bfloat16 and _interpreting()
+def _upcast(dtype: torch.dtype, capability: int | None) -> bool:
+    # Triton 3.7's interpreter (CPU tensors) computes bf16 tl.dot wrongly (numpy has no bf16): upcast there only.
+    return dtype == torch.bfloat16 and capability is None
+
+
+def _numerics(dtype: torch.dtype, capability: int | None) -> dict:
+    """The kernels' PRECISION, ACC and UPCAST meta-parameters for this dtype on this GPU (None: interpreter)."""
+    return {"PRECISION": _precision(dtype, capability), "ACC": _acc(dtype), "UPCAST": _upcast(dtype, capability)}
 
 
 def _part_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -173,22 +182,29 @@ def fwd_config(rows: int, W: int, K: int, dtype: torch.dtype) -> dict[str, int]:
     """Tile sizes for the forward / input-grad kernel (shape-based, no autotuning).
 
     BW output columns per tile (16 or 32, ≥ the dot minimum of 16), DK = next_pow2(BW + K - 1) staged input
-    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block.
+    columns, BM rows of (n, h) per tile; wider rows tiles amortise building the Toeplitz block. 8 warps once
+    the staged tile (BM × DK) reaches 8 KB, and BM = 16 for fp32/fp64 with DK > 64 (K ≥ 35): with fewer warps
+    or more rows ptxas spills (or collapses to 32 registers) on sm_80 / sm_90 (benchmarks/triton_aot.py).
     """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
-    big = dtype in (torch.float16, torch.bfloat16)
-    BM = 128 if (big and DK <= 64) else 64
+    half = dtype in (torch.float16, torch.bfloat16)
+    BM = (128 if DK <= 64 else 64) if half else (64 if DK <= 64 else 16)
     BM = min(BM, max(16, _next_pow2(rows)))
-    num_warps = 8 if BM * DK >= 8192 else 4
+    num_warps = 8 if BM * DK * dtype.itemsize >= 8192 else 4
     return {"BM": BM, "BW": BW, "DK": DK, "num_warps": num_warps}
 
 
-def wgrad_config(rows: int, W: int, K: int, C: int) -> dict[str, int]:
-    """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU."""
+def wgrad_config(rows: int, W: int, K: int, C: int, dtype: torch.dtype) -> dict[str, int]:
+    """Tiles and row splits for the weight-gradient kernel: enough programs (~2048) to fill a GPU.
+
+    8 warps (with 4, ptxas spills up to 440 bytes per thread at BM = 64 on sm_80 / sm_90), BM = 16 for
+    fp32/fp64 when DK > 64 (benchmarks/triton_aot.py).
+    """
     BW = 16 if W <= 16 else 32
     DK = max(16, _next_pow2(BW + K - 1))
-    BM = min(64, max(16, _next_pow2(rows)))
+    wide = dtype in (torch.float32, torch.float64)
+    BM = min(16 if (wide and DK > 64) else 64, max(16, _next_pow2(rows)))
     n_wt = -(-W // BW)
     want = max(1, 2048 // max(1, C * n_wt))
     splits = max(1, min(want, -(-rows // (4 * BM))))
@@ -196,7 +212,34 @@ def wgrad_config(rows: int, W: int, K: int, C: int) -> dict[str, int]:
     rows_per_split = -(-rows_per_split // BM) * BM
     splits = -(-rows // rows_per_split)
     return {"BM": BM, "BW": BW, "DK": DK, "KB": max(16, _next_pow2(K)), "splits": splits,
-            "rows_per_split": rows_per_split, "num_warps": 4}
+            "rows_per_split": rows_per_split, "num_warps": 8}
+
+
+def fwd_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor, flip: bool,
+               cfg: dict[str, int], capability: int | None) -> tuple[tuple[int, int, int], tuple, dict]:
+    """(grid, positional args, meta-parameters) of one forward-kernel launch; ``weight`` contiguous.
+
+    Shared by ``dwconv_fwd`` and the ahead-of-time compile check (benchmarks/triton_aot.py), so that
+    check compiles exactly what a launch on a GPU of that ``capability`` compiles.
+    """
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    grid = (triton.cdiv(N * H, cfg["BM"]), triton.cdiv(W, cfg["BW"]), C)
+    args = (x, weight, bias if bias is not None else weight, y, N, C, H, W, *x.stride(), *y.stride())
+    meta = dict(K=K, P=K // 2, FLIP=flip, HAS_BIAS=bias is not None, BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"],
+                num_warps=cfg.get("num_warps", 4), **_numerics(x.dtype, capability))
+    return grid, args, meta
+
+
+def wgrad_launch(x: torch.Tensor, grad_out: torch.Tensor, part: torch.Tensor, K: int, cfg: dict[str, int],
+                 capability: int | None) -> tuple[tuple[int, int, int], tuple, dict]:
+    """(grid, positional args, meta-parameters) of one weight-gradient launch into ``part`` (see ``fwd_launch``)."""
+    N, C, H, W = x.shape
+    grid = (C, triton.cdiv(W, cfg["BW"]), cfg["splits"])
+    args = (x, grad_out, part, N, C, H, W, cfg["rows_per_split"], *x.stride(), *grad_out.stride())
+    meta = dict(K=K, P=K // 2, KB=cfg["KB"], BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"],
+                num_warps=cfg.get("num_warps", 4), **_numerics(x.dtype, capability))
+    return grid, args, meta
 
 
 def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, flip: bool = False,
@@ -208,23 +251,14 @@ def dwconv_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """
     N, C, H, W = x.shape
     K = weight.shape[-1]
-    w = weight.contiguous()
     fmt = torch.channels_last if (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
                                   and not x.is_contiguous()) else torch.contiguous_format
     y = torch.empty((N, C, H, W), device=x.device, dtype=x.dtype, memory_format=fmt)
     if y.numel() == 0:
         return y
     cfg = config or fwd_config(N * H, W, K, x.dtype)
-    grid = (triton.cdiv(N * H, cfg["BM"]), triton.cdiv(W, cfg["BW"]), C)
-    _dw_fwd_kernel[grid](
-        x, w, bias if bias is not None else w, y,
-        N, C, H, W,
-        *x.stride(), *y.stride(),
-        K=K, P=K // 2, FLIP=flip, HAS_BIAS=bias is not None,
-        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x), ACC=_acc(x.dtype),
-        UPCAST=_upcast(x.dtype),
-        num_warps=cfg.get("num_warps", 4),
-    )
+    grid, args, meta = fwd_launch(x, weight.contiguous(), bias, y, flip, cfg, _capability(x))
+    _dw_fwd_kernel[grid](*args, **meta)
     return y
 
 
@@ -237,16 +271,9 @@ def dwconv_wgrad(x: torch.Tensor, grad_out: torch.Tensor, K: int,
     N, C, H, W = x.shape
     if x.numel() == 0:
         return torch.zeros((C, 1, K, K), device=x.device, dtype=_part_dtype(x.dtype))
-    cfg = config or wgrad_config(N * H, W, K, C)
-    n_wt = triton.cdiv(W, cfg["BW"])
-    part = torch.empty((cfg["splits"], n_wt, C, K, K), device=x.device, dtype=_part_dtype(x.dtype))
-    _dw_wgrad_kernel[(C, n_wt, cfg["splits"])](
-        x, grad_out, part,
-        N, C, H, W, cfg["rows_per_split"],
-        *x.stride(), *grad_out.stride(),
-        K=K, P=K // 2, KB=cfg["KB"],
-        BM=cfg["BM"], BW=cfg["BW"], DK=cfg["DK"], PRECISION=_precision(x), ACC=_acc(x.dtype),
-        UPCAST=_upcast(x.dtype),
-        num_warps=cfg.get("num_warps", 4),
-    )
+    cfg = config or wgrad_config(N * H, W, K, C, x.dtype)
+    part = torch.empty((cfg["splits"], triton.cdiv(W, cfg["BW"]), C, K, K), device=x.device,
+                       dtype=_part_dtype(x.dtype))
+    grid, args, meta = wgrad_launch(x, grad_out, part, K, cfg, _capability(x))
+    _dw_wgrad_kernel[grid](*args, **meta)
     return part.sum(dim=(0, 1)).unsqueeze(1)

@@ -1,8 +1,11 @@
-"""Detection and instance segmentation: COCO evaluation, COCO results JSON, drawn predictions.
+"""Object detection and instance segmentation (paper Table 6): Cascade Mask R-CNN (or Mask R-CNN) on the
+UniRepLKNet backbone, COCO data, COCO box and mask AP.
 
-Pure functions the detection task builds on (no engine dependency). Detections are the model's eval
-outputs: per image ``dict(boxes (D, 4) xyxy pixels, labels (D,) in 1..K, scores (D,), masks (D, H, W) bool)``.
-COCO metrics come from faster-coco-eval (same numbers as pycocotools, ~3.5× faster: docs/detection.md).
+``data``: ``scenes`` (the built-in marker-context scenes, written once to the cache as a COCO folder) or a COCO
+folder (``train/``, ``val/`` and ``annotations/instances_{train,val}.json``; ``val`` is then the held-out split).
+Detections are the model's eval outputs: per image ``dict(boxes (D, 4) xyxy pixels, labels (D,) in 1..K,
+scores (D,), masks (D, H, W) bool)``. COCO metrics come from faster-coco-eval (same numbers as pycocotools, ~3.5×
+faster: docs/detection.md). A detector's output is a list of boxes after NMS: no ONNX export.
 """
 
 from __future__ import annotations
@@ -10,17 +13,25 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unireplknet.data.coco import CocoDetection, collate_detection, mask_api, read_coco_json, write_json_atomic
+from unireplknet.data.datasets import IMG_EXTENSIONS
+from unireplknet.engine.config import TrainConfig
+from unireplknet.engine.loops import eval_batches
+from unireplknet.engine.task import Criterion, EvalContext, Request, Task, TaskData
 from unireplknet.errors import UserError
+from unireplknet.tasks import register_task
+from unireplknet.utils.atomic import atomic_file
+from unireplknet.utils.typed import check
 
 log = logging.getLogger(__name__)
 Detection = dict[str, torch.Tensor]
@@ -138,14 +149,157 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save a (3, H, W) uint8 image as PNG atomically; returns the path."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path) as f:
+        Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(f, format="PNG")
+    return Path(path)
+
+
+@dataclass
+class DetectionArgs:
+    architecture: Literal["cascade_mask_rcnn", "mask_rcnn"] = "cascade_mask_rcnn"
+    min_size: int = 800  # test-time short side (the model's own resize)
+    max_size: int = 1333  # long side cap, training and test
+    train_scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))  # random short side
+    crop: bool = True  # DETR-style random-crop branch (half the samples)
+    crop_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_size: list[int] = field(default_factory=lambda: [384, 600])
+    head: dict[str, Any] = field(default_factory=dict)  # CascadeMaskRCNN settings (fpn_channels, roi_samples, ...)
+    scene_size: int = 128  # built-in scenes: image side
+    draw_threshold: float = 0.3  # predict: boxes drawn from this score
+
+    def __post_init__(self) -> None:
+        check([(self.min_size >= 32 and self.max_size >= self.min_size, "need 32 <= min_size <= max_size"),
+               (bool(self.train_scales) and min(self.train_scales) >= 16, "train_scales must be sides >= 16"),
+               (len(self.crop_size) == 2 and 0 < self.crop_size[0] <= self.crop_size[1], "crop_size is [lo, hi]"),
+               (self.scene_size >= 64, "scene_size must be at least 64")])
+
+
+@register_task
+class DetectionTask(Task):
+    name = "detection"
+    Args = DetectionArgs
+    default_config = "detection_default"
+    builtin_data = ("scenes",)
+    primary_metric = "bbox_ap"
+    mode = "max"
+    curves: ClassVar[dict[str, str]] = {"box_ap": "bbox_ap", "mask_ap": "segm_ap"}
+
+    def build_data(self, cfg: TrainConfig, args: DetectionArgs) -> TaskData:
+        from unireplknet.data.coco import train_transforms
+        from unireplknet.data.datasets import cache_dir, data_folder
+
+        if cfg.data in self.builtin_data:
+            from unireplknet.data.synth_detection import write_synth_coco
+
+            root, splits = write_synth_coco(cache_dir() / f"synth_detection-{args.scene_size}",
+                                            size=args.scene_size), ("train", "val", "test")
+        else:
+            root = data_folder(cfg.data or "", "a COCO folder (train/, val/, annotations/instances_*.json), or "
+                                               f"one of: {', '.join(self.builtin_data)}")
+            splits = ("train", "val", "test") if (root / "annotations" / "instances_test.json").is_file() \
+                else ("train", "val")
+        crop = (args.crop_scales, tuple(args.crop_size)) if args.crop else None
+        sets = {split: CocoDetection(root, split, skip_empty=split == "train",
+                                     transforms=train_transforms(args.train_scales, args.max_size, crop=crop)
+                                     if split == "train" else None) for split in splits}
+        if sets["train"].class_names != sets["val"].class_names:
+            raise UserError(f"the categories of {sets['val'].ann_file} differ from the training ones; use one "
+                            "category list")
+        info = {"class_names": sets["train"].class_names, "cat_ids": sets["train"].cat_ids,
+                "skipped_degenerate": sum(d.skipped_degenerate for d in sets.values())}
+        return TaskData(sets["train"], sets["val"], sets.get("test"), info, collate=collate_detection)
+
+    def resume_mismatch(self, meta: Mapping[str, Any], data: TaskData) -> str | None:
+        if list(meta.get("class_names") or []) != list(data.info["class_names"]):
+            return "it was trained on other categories"
+        return None
+
+    def model_meta(self, cfg: TrainConfig, args: DetectionArgs, data: TaskData) -> dict[str, Any]:
+        size = cfg.model.removeprefix("unireplknet_") if cfg.model else "a"
+        kwargs = {**(cfg.arch or {}), **args.head, "num_classes": len(data.info["class_names"]),
+                  "min_size": args.min_size, "max_size": args.max_size}
+        return {"model": f"{args.architecture}_unireplknet_{size}", "model_kwargs": kwargs,
+                "class_names": data.info["class_names"], "cat_ids": data.info["cat_ids"],
+                "input_size": [3, args.min_size, args.min_size]}
+
+    def build_model(self, cfg: TrainConfig, args: DetectionArgs, data: TaskData) -> nn.Module:
+        import unireplknet
+
+        meta = self.model_meta(cfg, args, data)
+        try:
+            model = unireplknet.create_model(meta["model"], pretrained=cfg.pretrained, drop_path_rate=cfg.drop_path,
+                                             **meta["model_kwargs"])
+        except (TypeError, ValueError) as err:
+            raise UserError(f"bad detection model settings (model/arch/task_args.head): {err}") from None
+        if cfg.finetune:
+            from unireplknet.models.detection import load_backbone
+
+            load_backbone(model, cfg.finetune)
+        return model
+
+    def model_label(self, cfg: TrainConfig) -> str:
+        return f"{self.parse_args(cfg.task_args).architecture} on {super().model_label(cfg)}"
+
+    def criterion(self, cfg: TrainConfig, args: DetectionArgs, data: TaskData) -> Criterion:
+        """The detector's own losses (RPN, every cascade stage's box and mask losses, weighted), summed."""
+        return lambda model, images, targets: sum(model(images, targets).values())
+
+    def evaluate(self, model: nn.Module, loader: Any, ctx: EvalContext) -> dict[str, Any]:
+        """COCO box and mask AP (percent) over the images seen (every rank's, gathered)."""
+        from unireplknet.engine.distributed import all_gather_object
+
+        seen: list[tuple[int, Detection]] = []
+        for detections, _, targets in eval_batches(model, loader, ctx):
+            seen += [(int(t["image_id"]), {k: v.cpu() for k, v in d.items()}) for d, t in zip(detections, targets)]
+        if ctx.distributed:
+            seen = [pair for part in all_gather_object(seen) for pair in part]
+        dataset = loader.dataset
+        ids = [i for i, _ in seen]
+        metrics = evaluate_detections(dataset, [d for _, d in seen], ids) if seen else {}
+        return {**metrics, "samples": len(ids)}
+
+    def extra_summary(self, model: nn.Module, cfg: TrainConfig, args: DetectionArgs, data: TaskData,
+                      device: torch.device) -> dict[str, Any]:
+        return {"skipped_degenerate_boxes": data.info["skipped_degenerate"]}
+
+    def summary_lines(self, summary: Mapping[str, Any]) -> list[str]:
+        ap = {k: summary.get(f"test_{k}", float("nan")) for k in ("bbox_ap", "bbox_ap50", "bbox_ap75", "segm_ap")}
+        return [f"  held-out ({summary['test_split']}) box AP {ap['bbox_ap']:.2f} (AP50 {ap['bbox_ap50']:.2f}, AP75 "
+                f"{ap['bbox_ap75']:.2f})  mask AP {ap['segm_ap']:.2f}  ({summary['test_samples']} images)"]
+
+    def export_blocker(self, meta: Mapping[str, Any]) -> str | None:
+        return "a detector returns a list of boxes per image after NMS, which ONNX export does not cover here"
+
+    def predict(self, model: nn.Module, meta: Mapping[str, Any], request: Request) -> Any:
+        """COCO-format results for the images (``--data``: image ids from that dataset's annotation files), and
+        with ``--output`` also ``results.json`` and one PNG per image with the boxes and masks drawn."""
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        from unireplknet.tasks.classification import collect_files, load_image
+
+        self.check_img_size(request.img_size)
+        files = collect_files(request.inputs, IMG_EXTENSIONS)
+        images = [load_image(f, lambda img: pil_to_tensor(img).float() / 255) for f in files]
+        ids = dict(enumerate(range(1, len(files) + 1)))
+        if request.data:
+            from unireplknet.data.datasets import data_folder
+
+            known: dict[str, int] = {}
+            for ann in sorted((data_folder(request.data, "a COCO folder") / "annotations").glob("instances_*.json")):
+                known |= image_ids_by_file_name(read_coco_json(ann))
+            ids = {i: known.get(f.name, i + 1) for i, f in enumerate(files)}
+        model.eval().to(request.device)
+        detections = []
+        with torch.inference_mode():
+            for start in range(0, len(images), request.batch_size):
+                batch = [img.to(request.device) for img in images[start:start + request.batch_size]]
+                detections += [{k: v.cpu() for k, v in d.items()} for d in model(batch)]
+        label_to_cat = {i + 1: c for i, c in enumerate(meta.get("cat_ids") or range(1, 1 + len(meta["class_names"])))}
+        results = coco_results(detections, [ids[i] for i in range(len(files))], label_to_cat)
+        if request.output is not None:
+            args = self.parse_args(meta.get("task_args") or {})
+            write_results_json(request.output / "results.json", results)
+            for f, img, det in zip(files, images, detections):
+                save_png(draw_detections(img, det, meta["class_names"], args.draw_threshold),
+                         request.output / f"{f.stem}.png")
+        return results
