@@ -109,7 +109,10 @@ def test_checkpoint_rebuilds_by_meta_builder() -> None:
             torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=1e-5, atol=1e-6)
     from unireplknet.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="unknown model builder"):
+    with pytest.raises(CheckpointError, match="unknown builder 'nope'"):
         build_model_from_checkpoint({"model": {}, "meta": {**meta, "builder": "nope"}})
-    with pytest.raises(CheckpointError, match="cannot build the CLIP model"):
+    with pytest.raises(CheckpointError, match="does not describe a 'clip' model"):
         build_model_from_checkpoint({"model": {}, "meta": {**meta, "clip_cfg": {"embed_dim": 4}}})
+    bad_tower = {**_small_cfg(), "vision_cfg": {**_small_cfg()["vision_cfg"], "timm_model_name": "no_such_net"}}
+    with pytest.raises(CheckpointError, match="no_such_net"):
+        build_model_from_checkpoint({"model": {}, "meta": {**meta, "clip_cfg": bad_tower}})

@@ -7,7 +7,7 @@ add a ``'meta'`` entry (model name, constructor kwargs, deploy flag, class names
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +131,20 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
     return model.load_state_dict(state, strict=strict)
 
 
-#: Models rebuilt by a function of the checkpoint's meta (``meta['builder']`` -> ``"module:function"``); the
-#: function returns the model in the form ``meta['deploy']`` names, before its weights are loaded.
-BUILDERS = {"clip": "unireplknet.models.clip:build_from_meta"}
+#: ``meta['builder']`` -> ``"module:function"`` that builds the (untrained) model from the meta.
+BUILDERS: dict[str, str] = {"clip": "unireplknet.models.clip:build_from_meta"}
 
 
-def _builder(name: str) -> Callable[[Mapping[str, Any]], nn.Module]:
+def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:
+    """The model of a checkpoint whose ``meta['builder']`` names a function of :data:`BUILDERS`."""
+    name = meta["builder"]
     if name not in BUILDERS:
-        raise CheckpointError(f"unknown model builder '{name}' in the checkpoint meta; known: {', '.join(BUILDERS)}")
-    module, function = BUILDERS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+        raise CheckpointError(f"unknown builder '{name}' in the checkpoint meta; known: {', '.join(BUILDERS)}")
+    module, func = BUILDERS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), func)(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint meta does not describe a '{name}' model ({err})") from None
 
 
 def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
@@ -154,14 +158,14 @@ def build_model_from_checkpoint(path_or_dict: str | Path | Mapping[str, Any],
     if not isinstance(meta, Mapping):
         raise CheckpointError("the checkpoint has no 'meta' (an official or foreign checkpoint): name the model "
                               "(e.g. --model unireplknet_t and --num-classes) so it can be built")
-    if meta.get("builder"):  # neither a UniRepLKNet nor an EmbedderModel: a registered builder of meta
-        model = _builder(str(meta["builder"]))(meta)
+    if meta.get("builder"):  # a model of its own kind (BUILDERS), built from its meta
+        model: nn.Module = build_from_meta(meta)
         load_checkpoint(model, obj, strict=True)
         return model, dict(meta)
     if meta.get("embedder"):  # another modality: embedder -> backbone -> head
         from unireplknet.models.multimodal import build_embedder_model
 
-        model: nn.Module = build_embedder_model(meta)
+        model = build_embedder_model(meta)
         load_checkpoint(model, obj, strict=True)
         return model, dict(meta)
     kwargs = dict(meta.get("model_kwargs") or {})
