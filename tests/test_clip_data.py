@@ -62,6 +62,26 @@ def test_captions_name_what_is_drawn_and_held_out_classes_stay_out() -> None:
     assert any(" and " in train.sample(i)[1] for i in range(20))  # two groups per image happen
 
 
+def test_shape_twins_differ_in_one_shape_only() -> None:
+    """A twin keeps the caption's words but one shape (same colour: a seen class), and its image differs."""
+    twins = ShapeCaptions(30, SEEN, 48, 0, split, lambda img: torch.from_numpy(as_array(img)), twins=True)
+    shape_words = set(SHAPES) | {s + ("es" if s.endswith("s") else "s") for s in SHAPES}
+    changed = 0
+    for i in range(len(twins)):
+        (img, cap, lab), (img2, cap2, lab2) = twins.sample(i), twins.sample(i, twin=True)
+        diff = [(a, b) for a, b in zip(cap.split(), cap2.split()) if a != b]
+        assert len(cap.split()) == len(cap2.split()) and len(diff) == 1, (cap, cap2)
+        assert diff[0][0] in shape_words and diff[0][1] in shape_words
+        assert (lab == NO_CLASS) == (lab2 == NO_CLASS) and (lab == NO_CLASS or SEEN[lab2].split()[1] in cap2)
+        changed += int(not np.array_equal(as_array(img), as_array(img2)))
+    assert changed == len(twins)
+    images, target = twins[3]
+    assert images.shape == (2, 48, 48, 3)
+    assert torch.equal(images[1], torch.from_numpy(as_array(twins.sample(3, True)[0])))
+    assert target["text"] == [twins.sample(3)[1].split(), twins.sample(3, True)[1].split()]
+    assert target["label"].shape == (2,)
+
+
 def test_held_out_classes_are_checked() -> None:
     assert len(SEEN) == len(COLOURS) * len(SHAPES) - len(HELD_OUT)
     assert check_classes(["red circle", "red circle"]) == ["red circle"]
@@ -87,7 +107,8 @@ def test_openclip_csv_and_caption_folder(tmp_path) -> None:
     assert [c for _, c in read_captions(tmp_path / "img")] == ["a red box", "two dogs"]
 
 
-@pytest.mark.parametrize("case", ["missing_image", "empty_caption", "no_column", "no_txt", "empty_txt", "nowhere"])
+@pytest.mark.parametrize("case", ["missing_image", "empty_caption", "no_column", "no_txt", "empty_txt", "nowhere",
+                                  "binary_csv"])
 def test_bad_caption_data_is_one_line_naming_the_file(tmp_path, case: str) -> None:
     _png(tmp_path / "img" / "a.png")
     (tmp_path / "img" / "a.txt").write_text("fine")
@@ -99,9 +120,10 @@ def test_bad_caption_data_is_one_line_naming_the_file(tmp_path, case: str) -> No
         "no_txt": (None, "has no caption file 'b.txt'"),
         "empty_txt": (None, "b.txt' is empty"),
         "nowhere": (None, "does not exist"),
+        "binary_csv": (b"\xff\xfe\x00\x81filepath", "as a UTF-8 CSV"),
     }[case]
     if source is not None:
-        csv.write_text(source)
+        csv.write_bytes(source if isinstance(source, bytes) else source.encode())
         target = csv
     elif case == "nowhere":
         target = tmp_path / "nowhere"
@@ -113,6 +135,22 @@ def test_bad_caption_data_is_one_line_naming_the_file(tmp_path, case: str) -> No
     with pytest.raises(UserError) as err:
         read_captions(target)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_undecodable_image_is_one_line_naming_the_file(tmp_path) -> None:
+    """An image that exists but cannot be decoded stops the run when it is read (not a silently shorter batch)."""
+    from unireplknet.data.captions import CaptionFiles
+
+    _png(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    data = CaptionFiles([(tmp_path / "ok.png", "fine"), (tmp_path / "broken.png", "broken")], split, as_array, "x.csv")
+    image, target = data[0]
+    assert image.shape == (16, 20, 3) and target == {"text": ["fine"], "label": NO_CLASS}
+    with pytest.raises(UserError) as err:
+        data[1]
+    assert "broken.png" in str(err.value) and "x.csv" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="no image with a caption"):
+        CaptionFiles([], split, as_array, "empty.csv")
 
 
 def test_retrieval_sums_and_loss_match_brute_force() -> None:

@@ -36,7 +36,7 @@ def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def builtin_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clip") / "run"
-    args = {**TEXT, "train_samples": 32, "val_samples": 16, "test_samples": 24}
+    args = {**TEXT, "train_samples": 32, "val_samples": 16, "test_samples": 24, "shape_twins": True}
     assert main(["train", "--output", str(out), "--max-steps", "3", *TINY, "--set",
                  f"task_args={json.dumps(args)}"]) == 0
     return out

@@ -136,34 +136,50 @@ class ShapeCaptions(Dataset):
     """Generated images of 1–``max_groups`` groups of 1–3 coloured shapes in regions of the image, with a caption
     naming them (e.g. "a picture of two red circles on the left and a blue ring on the right"); sample ``i`` is
     the same for the same ``seed``. ``classes`` are the colour–shape classes the split draws from (its zero-shot
-    classes); with one group per image, the label is the group's class."""
+    classes); with one group per image, the label is the group's class.
+
+    With ``twins``, a sample is a pair (images (2, 3, S, S), tokens (2, L), labels (2,)): the second is the first
+    with one group's shape changed (same colours, counts, places, caption words otherwise), a hard negative of the
+    first within the batch, so that matching captions takes the shape and not only colours, counts and places."""
 
     def __init__(self, n: int, classes: Sequence[str], size: int, seed: int, tokenizer: Tokenizer,
                  transform: Callable[[Image.Image], torch.Tensor], max_groups: int = 2, p_position: float = 0.7,
-                 stream: int = 0) -> None:
+                 stream: int = 0, twins: bool = False) -> None:
         self.n, self.class_names, self.size, self.seed = n, list(classes), size, seed
         self.tokenizer, self.transform, self.max_groups, self.p_position = tokenizer, transform, max_groups, p_position
-        self.stream = stream
+        self.stream, self.twins = stream, twins
         self.prompts = [class_prompts(c) for c in self.class_names]
 
     def __len__(self) -> int:
         return self.n
 
-    def sample(self, index: int) -> tuple[Image.Image, str, int]:
-        """(image, caption, label) of sample ``index``."""
+    def sample(self, index: int, twin: bool = False) -> tuple[Image.Image, str, int]:
+        """(image, caption, label) of sample ``index`` (``twin``: with one group's shape changed)."""
         rng = np.random.default_rng([self.stream, self.seed, index])
         n_groups = int(rng.integers(1, self.max_groups + 1)) if len(self.class_names) > 1 else 1
         regions = (list(PAIRED_REGIONS[rng.integers(len(PAIRED_REGIONS))]) if n_groups == 2
                    else [list(REGIONS)[rng.integers(len(REGIONS))]])
         order = rng.permutation(len(regions))
-        labels = rng.choice(len(self.class_names), n_groups, replace=False)
-        groups = [Group(*self.class_names[k].split(" "), int(rng.integers(1, 4)), regions[order[i]])
-                  for i, k in enumerate(labels)]
-        caption = " and ".join(g.phrase(bool(rng.random() < self.p_position)) for g in groups)
-        caption = TEMPLATES[rng.integers(len(TEMPLATES))].format(caption)
-        return render(groups, self.size, rng), caption, int(labels[0]) if n_groups == 1 else NO_CLASS
+        labels = [int(k) for k in rng.choice(len(self.class_names), n_groups, replace=False)]
+        counts = [int(rng.integers(1, 4)) for _ in labels]
+        positions = [bool(rng.random() < self.p_position) for _ in labels]
+        template, render_seed, swap = TEMPLATES[rng.integers(len(TEMPLATES))], int(rng.integers(2**32)), rng.random()
+        if twin:  # another shape of the same colour for one group (another class when the colour has no other)
+            j = int(rng.integers(n_groups))
+            colour = self.class_names[labels[j]].split(" ")[0]
+            options = [k for k, c in enumerate(self.class_names) if k not in labels and c.startswith(f"{colour} ")]
+            options = options or [k for k in range(len(self.class_names)) if k not in labels]
+            labels[j] = options[int(swap * len(options))]
+        groups = [Group(*self.class_names[k].split(" "), counts[i], regions[order[i]]) for i, k in enumerate(labels)]
+        caption = template.format(" and ".join(g.phrase(p) for g, p in zip(groups, positions)))
+        return (render(groups, self.size, np.random.default_rng(render_seed)), caption,
+                labels[0] if n_groups == 1 else NO_CLASS)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.twins:
+            pair = [self.sample(index, twin) for twin in (False, True)]
+            return (torch.stack([self.transform(img) for img, _, _ in pair]),
+                    {"text": self.tokenizer([c for _, c, _ in pair]), "label": torch.tensor([k for _, _, k in pair])})
         img, caption, label = self.sample(index)
         return self.transform(img), {"text": self.tokenizer([caption])[0], "label": label}
 
@@ -213,6 +229,14 @@ def read_caption_csv(path: Path, sep: str = "\t", img_key: str = "filepath",
                      caption_key: str = "title") -> list[tuple[Path, str]]:
     """OpenCLIP's CSV: a header with ``img_key`` and ``caption_key`` columns; image paths relative to the CSV's
     folder (or absolute). A missing image or an empty caption is a one-line error naming the file and row."""
+    try:
+        return _read_csv(path, sep, img_key, caption_key)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"cannot read '{path}' as a UTF-8 CSV ({type(err).__name__}: {err}); pass a text file with a "
+                        "header row") from None
+
+
+def _read_csv(path: Path, sep: str, img_key: str, caption_key: str) -> list[tuple[Path, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=sep)
         missing = [k for k in (img_key, caption_key) if k not in (reader.fieldnames or [])]

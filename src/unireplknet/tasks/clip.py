@@ -44,6 +44,7 @@ class ClipArgs:
     train_samples: int = 20000  # built-in data: generated training images (1-2 groups of shapes each)
     val_samples: int = 400  # ... validation images of the training classes
     test_samples: int = 800  # ... held-out images of the held-out classes
+    shape_twins: bool = False  # built-in training data: each sample is a pair differing in one shape (2 images)
     held_out: list[str] = field(default_factory=lambda: list(HELD_OUT))  # zero-shot classes "<colour> <shape>"
     val_data: str | None = None  # real data: the validation CSV / folder (None: val_fraction of the data)
     val_fraction: float = 0.1
@@ -148,9 +149,10 @@ class ClipTask(Task):
             held = check_classes(args.held_out)
             seen = [c for c in all_classes() if c not in held]
             tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)])
-            make = lambda n, classes, seed, groups, stream: ShapeCaptions(  # noqa: E731
-                n, classes, cfg.img_size, seed, tok, tf, max_groups=groups, stream=stream)
-            return TaskData(make(args.train_samples, seen, cfg.seed, 2, 0), make(args.val_samples, seen, 0, 1, 1),
+            make = lambda n, classes, seed, groups, stream, twins=False: ShapeCaptions(  # noqa: E731
+                n, classes, cfg.img_size, seed, tok, tf, max_groups=groups, stream=stream, twins=twins)
+            return TaskData(make(args.train_samples, seen, cfg.seed, 2, 0, args.shape_twins),
+                            make(args.val_samples, seen, 0, 1, 1),
                             make(args.test_samples, held, 0, 1, 2), {"class_names": all_classes(), "held_out": held})
         csv = (args.csv_separator, args.csv_img_key, args.csv_caption_key)
         items = read_captions(cfg.data, *csv)
@@ -195,7 +197,12 @@ class ClipTask(Task):
         ddp = dist.is_available() and dist.is_initialized()
         loss = ClipLoss(gather_with_grad=ddp, rank=dist.get_rank() if ddp else 0,
                         world_size=dist.get_world_size() if ddp else 1)
-        return lambda model, images, targets: loss(*model(images, targets["text"]))
+        def pairs(model: nn.Module, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+            if images.dim() == 5:  # shape twins (N, 2, 3, S, S): 2N images and captions
+                images, targets = images.flatten(0, 1), {"text": targets["text"].flatten(0, 1)}
+            return loss(*model(images, targets["text"]))
+
+        return pairs
 
     def model_label(self, cfg: TrainConfig) -> str:
         return f"CLIP with a {cfg.model or 'unireplknet_a'} image tower"
