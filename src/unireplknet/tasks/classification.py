@@ -163,9 +163,9 @@ class Classifier(Task):
         return {"confusion_matrix": plot_confusion(cm, names, out_dir / "confusion_matrix.png")}
 
     def summary_lines(self, summary: Mapping[str, Any]) -> list[str]:
-        return [f"  held-out ({summary['test_split']}) top-1 {summary['test_acc1']:.2f}%  top-5 "
-                f"{summary['test_acc5']:.2f}%  mean class accuracy {summary['test_macc']:.2f}%  loss "
-                f"{summary['test_loss']:.4f}  ({summary['test_samples']} samples)"]
+        return [f"  held-out top-1 {summary['test_acc1']:.2f}%  top-5 {summary['test_acc5']:.2f}%  mean class "
+                f"accuracy {summary['test_macc']:.2f}%  loss {summary['test_loss']:.4f}  ({summary['test_samples']} "
+                f"samples, {summary['test_split']} split)"]
 
     # -- predict -----------------------------------------------------------------------------------------------------
     input_suffixes: ClassVar[tuple[str, ...]] = IMG_EXTENSIONS
