@@ -42,7 +42,8 @@ def test_table6_params_and_macs(size, params_m, gflops):
 
 def test_every_size_is_registered_for_both_families():
     sizes = ("a", "f", "p", "n", "t", "s", "b", "l", "xl")
-    assert set(MODELS) == {f"{f}_unireplknet_{s}" for f in ("cascade_mask_rcnn", "mask_rcnn") for s in sizes}
+    assert set(MODELS) == {f"{f}_unireplknet_{s}" for f in ("cascade_mask_rcnn", "mask_rcnn") for s in sizes} | {
+        "cascade_mask_rcnn_timm", "mask_rcnn_timm"}
     for size in sizes:
         for family, stages in (("cascade_mask_rcnn", 3), ("mask_rcnn", 1))[: 2 if size == "a" else 1]:
             with torch.device("meta"):
@@ -225,6 +226,35 @@ def test_grad_checkpointing_and_layer_decay_groups():
     stem = scale[id(named["backbone.downsample_layers.0.0.weight"])]
     mid = scale[id(named["backbone.stages.2.0.pwconv1.1.weight"])]
     assert stem < mid < 1.0
+
+
+def test_timm_convnext_backbone_trains_rebuilds_from_meta_and_has_nothing_to_fold():
+    pytest.importorskip("timm")
+    from unireplknet.models import build_model_from_checkpoint, reparameterize
+
+    torch.manual_seed(0)
+    kwargs = dict(SMALL_HEAD, num_classes=3, timm_backbone="convnext_atto")
+    model = create_model("cascade_mask_rcnn_timm", **kwargs)
+    assert [b[0].in_channels for b in model.neck.inner_blocks] == [40, 80, 160, 320]  # from timm's feature_info
+    images = [torch.rand(3, 96, 96), torch.rand(3, 64, 96)]
+    targets = [box_target(96, 96, [[10, 12, 60, 60]], [1]), box_target(64, 96, [[5, 5, 40, 50]], [2])]
+    sum(model(images, targets).values()).backward()
+    assert model.backbone.body.stages_0.blocks[0].conv_dw.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(images)
+        checkpoint = {"model": model.state_dict(), "meta": {"model": "cascade_mask_rcnn_timm", "model_kwargs": kwargs,
+                                                            "deploy": True}}
+        rebuilt, _ = build_model_from_checkpoint(checkpoint)
+        after = reparameterize(rebuilt).eval()(images)
+    for a, b in zip(after, before):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["masks"], b["masks"])
+    with pytest.raises(ValueError, match="timm backbone"):
+        create_model("mask_rcnn_timm", timm_backbone="convnext_atto", kernel_sizes=3)
+    with pytest.raises(ValueError, match="timm backbone"):
+        create_model("mask_rcnn_timm")
+    with pytest.raises(ValueError, match="strides"):
+        create_model("mask_rcnn_timm", timm_backbone="resnet18")
 
 
 def _backbone_equal(model: CascadeMaskRCNN, state: dict, prefix: str = "") -> bool:

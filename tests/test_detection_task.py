@@ -5,6 +5,9 @@ one-line errors for an export and for a COCO JSON that names missing images."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,24 @@ def test_train_eval_predict_on_a_coco_folder(coco, tmp_path, capsys):
     assert built["meta"]["model"] == "cascade_mask_rcnn_unireplknet_a" and built["meta"]["deploy"] is True
 
 
+def test_a_timm_convnext_backbone_through_train_and_eval(coco, tmp_path, capsys):
+    pytest.importorskip("timm")
+    out = tmp_path / "run"
+    argv = ["train", "--task", "detection", "--data", str(coco), "--output", str(out), "--batch-size", "2",
+            "--max-steps", "2", "--no-progress", "--set", "threads=1",
+            "--set", f"task_args={json.dumps(dict(TASK_ARGS, backbone='convnext_atto'))}"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "cascade_mask_rcnn on convnext_atto (timm)" and summary["deploy_max_abs_diff"] == 0
+    meta = torch.load(out / "deploy.pt", weights_only=True)["meta"]
+    assert meta["model"] == "cascade_mask_rcnn_timm" and meta["model_kwargs"]["timm_backbone"] == "convnext_atto"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "deploy.pt"), "--data", str(coco)]) == 0
+    assert json.loads(capsys.readouterr().out)["test_bbox_ap"] == pytest.approx(summary["test_bbox_ap"], abs=1e-6)
+    _error(capsys, [*argv, "--set", 'arch={"kernel_sizes": 3}', "--overwrite"], "bad detection model settings",
+           "timm backbone")
+
+
 def test_a_json_naming_missing_images_is_one_line(coco, tmp_path, capsys):
     import shutil
 
@@ -87,3 +108,18 @@ def test_a_json_naming_missing_images_is_one_line(coco, tmp_path, capsys):
     _error(capsys, ["train", *TINY, "--data", str(broken), "--output", str(tmp_path / "r"), "--max-steps", "1"],
            "instances_val.json", "missing")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_detection_default_reaches_box_ap_50_mask_ap_45_within_20_minutes(tmp_path: Path) -> None:
+    """The acceptance run: the default recipe on the built-in scenes, 2 threads, held-out test split."""
+    out = tmp_path / "run"
+    t0 = time.time()
+    cmd = [sys.executable, "-m", "unireplknet", "train", "--task", "detection", "--output", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    wall = time.time() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["test_split"] == "test" and s["test_samples"] == 150, s
+    assert s["test_bbox_ap"] >= 50.0 and s["test_segm_ap"] >= 45.0, s
+    assert wall < 1200, f"took {wall:.0f} s"

@@ -32,7 +32,9 @@ SHAPES = ("disk", "square", "triangle")
 MODES = ("a", "b")
 CLASS_NAMES = [f"{s}_{m}" for m in MODES for s in SHAPES]  # category id i+1 for CLASS_NAMES[i]
 SPLITS = {"train": 1200, "val": 150, "test": 150}
-VERSION = 1  # bump when the generator changes: cached folders are rebuilt
+VERSION = 2  # bump when the generator changes: cached folders are rebuilt
+MIN_CONTRAST = 80.0  # RGB distance of an object's colour from the image under its centre
+MIN_VISIBLE = 0.5  # objects left with less of their area visible are dropped
 
 
 def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, yy: np.ndarray, xx: np.ndarray
@@ -78,19 +80,22 @@ def make_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, l
         img[d < rng.uniform(0.8, 1.8)] = rng.uniform(0, 255, 3)
     mode_index, corner = int(rng.integers(2)), int(rng.integers(4))
     objects: list[tuple[int, np.ndarray, int]] = []  # (category, visible mask, full area)
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(2, 6))):
         kind = int(rng.integers(len(SHAPES)))
-        r = rng.uniform(0.09, 0.22) * size
+        r = rng.uniform(0.11, 0.24) * size
         cx, cy = rng.uniform(r * 0.7, size - r * 0.7, 2)
         full = _shape_mask(SHAPES[kind], cx, cy, r, rng.uniform(0, 2 * np.pi), yy, xx)
+        background = img[int(cy), int(cx)]
         colour = rng.uniform(0, 255, 3)
+        while np.linalg.norm(colour - background) < MIN_CONTRAST:  # visible against what is behind its centre
+            colour = rng.uniform(0, 255, 3)
         img[full] = colour + rng.normal(0, 8, (int(full.sum()), 3))
         objects = [(c, m & ~full, a) for c, m, a in objects]
         objects.append((1 + mode_index * len(SHAPES) + kind, full, int(full.sum())))
     marker = _marker(MODES[mode_index], corner, size, yy, xx)  # drawn last: always visible
     img[marker] = (245, 245, 245) if rng.random() < 0.5 else (15, 15, 15)
     objects = [(c, m & ~marker, a) for c, m, a in objects]
-    kept = [(c, m) for c, m, a in objects if m.sum() >= 0.4 * a and m.sum() >= 30]
+    kept = [(c, m) for c, m, a in objects if m.sum() >= MIN_VISIBLE * a and m.sum() >= 40]
     return np.clip(img, 0, 255).astype(np.uint8), kept
 
 

@@ -7,7 +7,9 @@ Training returns a dict of losses; evaluation returns per image ``dict(boxes (D,
 image's pixels, labels (D,) in 1..K, scores (D,), masks (D, H, W) bool)``.
 
 ``MODELS`` maps ``cascade_mask_rcnn_unireplknet_{a…xl}`` and ``mask_rcnn_unireplknet_{a…xl}`` to builders
-``(num_classes=80, pretrained_backbone=False | True | path, **kwargs)``.
+``(num_classes=80, pretrained_backbone=False | True | path, **kwargs)``; ``cascade_mask_rcnn_timm`` and
+``mask_rcnn_timm`` take ``timm_backbone="convnext_atto"`` (any timm model with stride-4…32 features) instead:
+the same detector on a peer backbone, for comparisons.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from unireplknet.errors import CheckpointError
+from unireplknet.layers import LayerNorm2d
 from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
 from unireplknet.models.features import UniRepLKNetFeatures
@@ -63,6 +66,39 @@ class StridedAnchorGenerator(AnchorGenerator):
         return [anchors for _ in image_list.image_sizes]
 
 
+class TimmFeatures(nn.Module):
+    """A timm model's four stride-4…32 maps (``features_only``), each through its own channels-first LayerNorm
+    as :class:`UniRepLKNetFeatures` has (and ConvNeXt's detection backbone): (N, 3, H, W) -> list of
+    (N, dims[i], H/2^(i+2), W/2^(i+2)). Nothing to re-parameterize."""
+
+    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
+        import timm
+
+        super().__init__()
+        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3),
+                                      drop_path_rate=drop_path_rate)
+        if self.body.feature_info.reduction() != [4, 8, 16, 32]:
+            raise ValueError(f"timm model {name!r} gives features at strides {self.body.feature_info.reduction()}; "
+                             "the detector needs 4, 8, 16, 32 (e.g. a ConvNeXt)")
+        self.dims, self.out_indices = self.body.feature_info.channels(), (0, 1, 2, 3)
+        self.norms = nn.ModuleList(LayerNorm2d(c) for c in self.dims)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [norm(f) for norm, f in zip(self.norms, self.body(x))]
+
+    def reparameterize(self) -> TimmFeatures:
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^body\.stem", "blocks": r"^body\.stages_(\d+)"}
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+
 class CascadeMaskRCNN(nn.Module):
     """UniRepLKNet + FPN + RPN + cascade RoI heads; ``num_stages=1`` is plain (Mask) R-CNN.
 
@@ -72,7 +108,7 @@ class CascadeMaskRCNN(nn.Module):
     evaluation always resizes to ``min_size`` / ``max_size`` and maps the outputs back.
     """
 
-    def __init__(self, backbone: UniRepLKNetFeatures, num_classes: int = 80, num_stages: int = 3,
+    def __init__(self, backbone: UniRepLKNetFeatures | TimmFeatures, num_classes: int = 80, num_stages: int = 3,
                  fpn_channels: int = 256, fc_channels: int = 1024, num_convs: int = 4, num_fcs: int = 1,
                  mask_channels: int = 256, mask_convs: int = 4, with_mask: bool = True,
                  min_size: int | Sequence[int] = 800, max_size: int = 1333, resize_in_training: bool = False,
@@ -198,14 +234,22 @@ def load_backbone(model: CascadeMaskRCNN | UniRepLKNetFeatures, source: str | Pa
 
 
 # -- builders -------------------------------------------------------------------------------------------------
-def build_detector(variant: str, num_classes: int = 80, pretrained_backbone: bool | str | Path = False,
-                   num_stages: int = 3, **kwargs: Any) -> CascadeMaskRCNN:
-    """A (Cascade) Mask R-CNN on ``unireplknet_{variant}``; ``kwargs`` named in :data:`BACKBONE_KWARGS`
-    go to the backbone, the rest to :class:`CascadeMaskRCNN`. ``pretrained_backbone``: True for the
-    released ImageNet weights, or a checkpoint path (dense or classification)."""
+def build_detector(variant: str | None, num_classes: int = 80, pretrained_backbone: bool | str | Path = False,
+                   num_stages: int = 3, timm_backbone: str | None = None, **kwargs: Any) -> CascadeMaskRCNN:
+    """A (Cascade) Mask R-CNN on ``unireplknet_{variant}``, or on the timm model ``timm_backbone`` (then
+    ``variant`` is None); ``kwargs`` named in :data:`BACKBONE_KWARGS` go to the backbone, the rest to
+    :class:`CascadeMaskRCNN`. ``pretrained_backbone``: True for the released ImageNet weights, or (UniRepLKNet)
+    a checkpoint path (dense or classification)."""
+    backbone_kwargs = {k: kwargs.pop(k) for k in BACKBONE_KWARGS if k in kwargs}
+    if timm_backbone or variant is None:
+        unused = sorted(set(backbone_kwargs) - {"drop_path_rate", "deploy"})
+        if not timm_backbone or unused or not isinstance(pretrained_backbone, bool):
+            raise ValueError(f"a timm backbone takes drop_path_rate and pretrained_backbone=True|False only (got "
+                             f"timm_backbone={timm_backbone!r}, {', '.join(unused) or pretrained_backbone!r})")
+        timm_features = TimmFeatures(timm_backbone, pretrained_backbone, backbone_kwargs.get("drop_path_rate", 0.0))
+        return CascadeMaskRCNN(timm_features, num_classes=num_classes, num_stages=num_stages, **kwargs)
     name = f"unireplknet_{variant}"
     spec = VARIANTS[name]
-    backbone_kwargs = {k: kwargs.pop(k) for k in BACKBONE_KWARGS if k in kwargs}
     deploy = bool(backbone_kwargs.pop("deploy", False))  # weights are training form: load, then convert
     backbone_kwargs = {"depths": spec.depths, "dims": spec.dims, **backbone_kwargs}  # (custom depths/dims win)
     backbone = UniRepLKNetFeatures(deploy=deploy and not pretrained_backbone, **backbone_kwargs)
@@ -227,6 +271,8 @@ _SIZES = ("a", "f", "p", "n", "t", "s", "b", "l", "xl")
 MODELS: dict[str, Callable[..., CascadeMaskRCNN]] = {
     **{f"cascade_mask_rcnn_unireplknet_{v}": partial(build_detector, v, num_stages=3) for v in _SIZES},
     **{f"mask_rcnn_unireplknet_{v}": partial(build_detector, v, num_stages=1) for v in _SIZES},
+    "cascade_mask_rcnn_timm": partial(build_detector, None, num_stages=3),
+    "mask_rcnn_timm": partial(build_detector, None, num_stages=1),
 }
 
 

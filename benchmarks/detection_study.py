@@ -1,0 +1,96 @@
+"""Detection kernel-size and peer study on the built-in marker-context scenes, same budget for every model.
+
+Runs ``unireplknet train --task detection`` (the default recipe, so the same epochs and schedule) for
+  - ``unireplknet``: the default model (UniRepLKNet-A, its large kernels),
+  - ``kernels3``: its twin with every kernel set to 3 (``arch={"kernel_sizes": 3}``; Table 11's question),
+  - ``convnext_atto``: the same detector on timm's ConvNeXt-atto (``task_args.backbone``), UniRepLKNet-A's
+    depths and widths with 7×7 kernels,
+for each seed, then reads box / mask AP on the held-out test split from each run's ``summary.json`` and adds
+the AP with the marker ignored ("shape AP": ``disk_a`` and ``disk_b`` one class, ...), from ``deploy.pt``:
+the gap between the two is what reading the far-away marker costs. Runs whose ``summary.json`` exists are
+reused, so an interrupted study continues.
+
+    python benchmarks/detection_study.py --seeds 0 1 --out runs/detection_study --parallel 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+VARIANTS = {"unireplknet": [], "kernels3": ["--set", 'arch={"kernel_sizes": 3}'],
+            "convnext_atto": ["--set", "task_args.backbone=convnext_atto"]}
+
+
+def train(out: Path, variant: str, seed: int, threads: int | None) -> Path:
+    """One training run (skipped when its summary exists); returns the run folder."""
+    run = out / f"{variant}-seed{seed}"
+    if not (run / "summary.json").is_file():
+        cmd = [sys.executable, "-m", "unireplknet", "train", "--task", "detection", "--seed", str(seed),
+               "--output", str(run), "--overwrite", "--no-progress", *VARIANTS[variant]]
+        if threads:
+            cmd += ["--set", f"threads={threads}"]
+        t0 = time.time()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        logging.info("%s seed %d done in %.0f s", variant, seed, time.time() - t0)
+    return run
+
+
+def shape_ap(run: Path) -> dict[str, float]:
+    """Box / mask AP of the run's ``deploy.pt`` on the test split with the marker's mode ignored."""
+    import torch
+
+    from unireplknet.data.coco import CocoDetection
+    from unireplknet.data.datasets import cache_dir
+    from unireplknet.data.synth_detection import SHAPES
+    from unireplknet.models import build_model_from_checkpoint
+    from unireplknet.tasks.detection import coco_evaluate, coco_results, predict_detections
+
+    torch.set_num_threads(1)
+    config = json.loads((run / "config.json").read_text())
+    test = CocoDetection(cache_dir() / f"synth_detection-{config['task_args'].get('scene_size', 128)}", "test")
+    model, _ = build_model_from_checkpoint(run / "deploy.pt")
+    detections = predict_detections(model, test)
+    shape_of = {c: (c - 1) % len(SHAPES) + 1 for c in test.cat_ids}
+    gt = dict(test.coco, categories=[dict(id=i + 1, name=s) for i, s in enumerate(SHAPES)],
+              annotations=[dict(a, category_id=shape_of[a["category_id"]]) for a in test.coco["annotations"]])
+    results = [dict(r, category_id=shape_of[r["category_id"]])
+               for r in coco_results(detections, test.image_ids, test.label_to_cat_id)]
+    return {k: v for k, v in coco_evaluate(gt, results).items() if k in ("bbox_ap", "segm_ap")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/detection_study"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the recipe's)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    jobs = [(v, s) for s in args.seeds for v in args.variants]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        runs = list(pool.map(lambda job: train(args.out, *job, args.threads), jobs))
+    print("| backbone | seed | box AP | mask AP | box AP50 | shape box AP | shape mask AP | CPU s | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows: dict[str, list[list[float]]] = {}
+    for (variant, seed), run in zip(jobs, runs):
+        s = json.loads((run / "summary.json").read_text())
+        shape = shape_ap(run)
+        row = [s["test_bbox_ap"], s["test_segm_ap"], s["test_bbox_ap50"], shape["bbox_ap"], shape["segm_ap"]]
+        rows.setdefault(variant, []).append(row)
+        print(f"| {variant} | {seed} | " + " | ".join(f"{v:.1f}" for v in row)
+              + f" | {s.get('process_cpu_s', float('nan')):.0f} | {s['wall_time_s']:.0f} |")
+    for variant, rs in rows.items():
+        print(f"| {variant} | mean | " + " | ".join(f"{statistics.mean(c):.1f}" for c in zip(*rs)) + " | | |")
+
+
+if __name__ == "__main__":
+    main()
