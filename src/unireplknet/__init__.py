@@ -2,7 +2,8 @@
 and one pipeline for every modality.
 
 ``import unireplknet`` needs torch alone; when timm is installed the variants are also registered with
-timm (set ``UNIREPLKNET_NO_TIMM=1`` to skip that import).
+timm, and when open_clip is too, as OpenCLIP image towers (``UniRepLKNet-A`` … ``-H``); set
+``UNIREPLKNET_NO_TIMM=1`` to skip both imports.
 """
 
 import importlib.util
@@ -32,8 +33,13 @@ __all__ = [
 if os.environ.get("UNIREPLKNET_NO_TIMM") != "1" and importlib.util.find_spec("timm") is not None:
     try:
         from unireplknet.models import timm_registry  # noqa: F401  (registers the variants with timm)
-    except ImportError as err:  # a broken timm install must not break the torch-only library
+
+        if importlib.util.find_spec("open_clip") is not None:  # OpenCLIP configs UniRepLKNet-A…H (towers via timm)
+            from unireplknet.models.clip import register_open_clip
+
+            register_open_clip()
+    except ImportError as err:  # a broken timm / open_clip install must not break the torch-only library
         import logging
 
-        logging.getLogger(__name__).warning("timm is installed but could not be imported (%s): the variants "
-                                            "are not registered with timm", err)
+        logging.getLogger(__name__).warning("timm or open_clip is installed but could not be imported (%s): the "
+                                            "variants are not registered with it", err)
