@@ -90,6 +90,19 @@ def test_embedder_shape_normalization_and_specaugment_only_in_training() -> None
     assert (masked == 0).any() and not (out == 0).any()
 
 
+def test_clip_mean_norm_centres_each_bin_and_cancels_a_fixed_gain() -> None:
+    """Cepstral mean normalization: every mel bin has zero mean over the clip's frames, so a constant gain on the
+    waveform (a constant log offset in every bin, well above the log floor) leaves the output unchanged."""
+    torch.manual_seed(0)
+    emb = FbankEmbedder(sample_rate=16000, n_mels=64, mean=0.0, std=2.0, clip_mean_norm=True).eval()
+    wave = torch.randn(2, 8000, dtype=torch.float64).float()
+    out = emb(wave)[:, 0]
+    torch.testing.assert_close(out.mean(dim=1), torch.zeros(2, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb(wave * 3.0)[:, 0], out, atol=1e-4, rtol=0)
+    plain = FbankEmbedder(sample_rate=16000, n_mels=64, mean=0.0, std=2.0).eval()
+    assert (plain(wave * 3.0) - plain(wave)).abs().min() > 0.5  # without it, the gain shifts every value
+
+
 def test_spec_augment_masks_are_bands_within_limits() -> None:
     x = torch.ones(64, 50, 40)
     g = torch.Generator().manual_seed(1)

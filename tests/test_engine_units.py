@@ -95,7 +95,8 @@ def test_topk_and_evaluate() -> None:
 def test_curves_confusion_and_report(tmp_path: Path) -> None:
     rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_acc1": 50.0 + e, "lr": 1e-3}
             for e in (1, 2, 3)]
-    figures = plot_curves(rows, tmp_path, {"accuracy": "acc1"})
+    figures = plot_curves(rows, tmp_path, {"accuracy": "acc1", "zeroshot": "zeroshot_acc1"})
+    assert "zeroshot" not in figures and not (tmp_path / "zeroshot.png").exists()  # nothing recorded: no figure
     figures["confusion_matrix"] = plot_confusion(np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1]]), ["a", "b", "c"],
                                                  tmp_path / "cm.png")
     report = write_report(tmp_path, {"val_acc1": 66.7, "model": "m", "paths": {}}, figures)

@@ -30,18 +30,21 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def plot_curves(rows: list[dict[str, Any]], out_dir: Path, curves: Mapping[str, str]) -> dict[str, Path]:
     """``loss.png`` (train and val loss per epoch) and one ``<name>.png`` per ``curves`` entry (name -> metric key,
-    e.g. ``accuracy -> acc1``), with the EMA model's curve when there is one."""
+    e.g. ``accuracy -> acc1``), with the EMA model's curve when there is one; a curve with no recorded metric
+    is left out."""
     epochs = [r["epoch"] for r in rows]
     series = {"loss": [("train_loss", "train loss"), ("val_loss", "val loss")]}
     series |= {name: [(f"val_{key}", f"val {key}"), (f"val_{key}_ema", f"val {key} (EMA)")]
                for name, key in curves.items()}
     paths = {}
     for name, lines in series.items():
+        present = [(key, label) for key, label in lines if rows and key in rows[-1]]
+        if not present:  # e.g. a zero-shot curve on data without classes: no empty figure
+            continue
         fig = _figure((6, 4))
         ax = fig.add_subplot()
-        for key, label in lines:
-            if rows and key in rows[-1]:
-                ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
+        for key, label in present:
+            ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=label)
         ax.set(xlabel="epoch", ylabel=name, title=name.capitalize())
         ax.grid(alpha=0.3)
         ax.legend()

@@ -105,12 +105,15 @@ class FbankEmbedder(nn.Module):
     """(B, N) waveform -> normalized log-mel map (B, 1, T, F) (paper eq. 3), SpecAugment when training.
 
     ``mean``/``std``: the dataset's fbank statistics (AST-style normalization ``(x - mean) / std``).
+    ``clip_mean_norm``: first subtract each mel bin's mean over the clip's frames (cepstral mean normalization
+    in the log-mel domain), which removes a voice's or a channel's fixed spectral tilt.
     """
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 128, win_ms: float = 25.0, hop_ms: float = 10.0,
                  mean: float = 0.0, std: float = 1.0, freq_mask: int = 24, time_mask: int = 20,
-                 num_masks: int = 2) -> None:
+                 num_masks: int = 2, clip_mean_norm: bool = False) -> None:
         super().__init__()
+        self.clip_mean_norm = clip_mean_norm
         self.sample_rate, self.n_mels, self.win_ms, self.hop_ms = sample_rate, n_mels, win_ms, hop_ms
         self.mean, self.std = float(mean), float(std)
         self.freq_mask, self.time_mask, self.num_masks = freq_mask, time_mask, num_masks
@@ -128,7 +131,10 @@ class FbankEmbedder(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            x = (self.features(wave) - self.mean) / self.std
+            x = self.features(wave)
+            if self.clip_mean_norm:
+                x = x - x.mean(dim=1, keepdim=True)
+            x = (x - self.mean) / self.std
             if self.training and (self.freq_mask > 0 or self.time_mask > 0):
                 x = spec_augment(x, self.freq_mask, self.time_mask, self.num_masks)
         return x[:, None]

@@ -132,7 +132,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
 
 
 #: ``meta['builder']`` -> ``"module:function"`` that builds the (untrained) model from the meta.
-BUILDERS: dict[str, str] = {"referring": "unireplknet.models.referring:from_meta"}
+BUILDERS: dict[str, str] = {"referring": "unireplknet.models.referring:from_meta",
+                            "clip": "unireplknet.models.clip:build_from_meta"}
 
 
 def build_from_meta(meta: Mapping[str, Any]) -> nn.Module:

@@ -38,6 +38,7 @@ class AudioArgs:
     freq_mask: int = 24  # SpecAugment
     time_mask: int = 20
     num_masks: int = 2
+    clip_mean_norm: bool = False  # subtract each mel bin's mean over the clip (cepstral mean normalization)
     noise_snr: list[float] | None = field(default_factory=lambda: [10.0, 30.0])  # built-in clips' noise (dB)
     synth_per_voice: int = 8  # renditions per word and voice of the built-in dataset
     synth_words: int | None = None  # number of words of the built-in dataset (None: all 12)
@@ -97,7 +98,8 @@ class AudioTask(Classifier):
     def model_meta(self, cfg: TrainConfig, args: AudioArgs, data: TaskData) -> dict[str, Any]:
         embedder = {"sample_rate": args.sample_rate, "n_mels": args.n_mels, "win_ms": args.win_ms,
                     "hop_ms": args.hop_ms, "mean": data.info["fbank_mean"], "std": data.info["fbank_std"],
-                    "freq_mask": args.freq_mask, "time_mask": args.time_mask, "num_masks": args.num_masks}
+                    "freq_mask": args.freq_mask, "time_mask": args.time_mask, "num_masks": args.num_masks,
+                    "clip_mean_norm": args.clip_mean_norm}
         return {"model": None, "model_kwargs": backbone_kwargs(cfg, len(data.info["class_names"]), 1),
                 "embedder": {"name": "audio_fbank", "kwargs": embedder}, "head": None,
                 "class_names": list(data.info["class_names"]), "input_size": [data.info["clip_samples"]],
@@ -126,7 +128,7 @@ def _fbank_stats(dataset: Any, args: AudioArgs) -> tuple[float, float]:
     """Mean and std of the log-mel energies over up to ``norm_clips`` training clips (seeded pick)."""
     from unireplknet.modalities.audio import FbankEmbedder
 
-    emb = FbankEmbedder(args.sample_rate, args.n_mels, args.win_ms, args.hop_ms)
+    emb = FbankEmbedder(args.sample_rate, args.n_mels, args.win_ms, args.hop_ms, clip_mean_norm=args.clip_mean_norm)
     n = min(len(dataset), args.norm_clips)
     idx = np.random.default_rng(0).permutation(len(dataset))[:n]
     train_flag = dataset.train
@@ -136,4 +138,6 @@ def _fbank_stats(dataset: Any, args: AudioArgs) -> tuple[float, float]:
     finally:
         dataset.train = train_flag
     feats = torch.cat([emb.features(waves[i: i + 64]) for i in range(0, n, 64)])
+    if args.clip_mean_norm:
+        feats = feats - feats.mean(dim=1, keepdim=True)
     return float(feats.mean()), float(feats.std())
