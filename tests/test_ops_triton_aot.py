@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -31,6 +32,9 @@ def aot() -> ModuleType:
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_aot.py"
     spec = importlib.util.spec_from_file_location("triton_aot", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["triton_aot"] = mod  # the process pool pickles its functions by module name
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))  # and a spawned worker imports it
     spec.loader.exec_module(mod)
     return mod
 
