@@ -31,7 +31,6 @@ __all__ = [
 ]
 
 
-
 def _register_open_clip() -> None:
     from unireplknet.models.clip import register_open_clip
 

@@ -125,10 +125,11 @@ class AudioTask(Classifier):
 
 @torch.no_grad()
 def _fbank_stats(dataset: Any, args: AudioArgs) -> tuple[float, float]:
-    """Mean and std of the log-mel energies over up to ``norm_clips`` training clips (seeded pick)."""
+    """Mean and std of the log-mel energies (after the per-clip mean normalization when it is on) over up to
+    ``norm_clips`` training clips (seeded pick)."""
     from unireplknet.modalities.audio import FbankEmbedder
 
-    emb = FbankEmbedder(args.sample_rate, args.n_mels, args.win_ms, args.hop_ms, clip_mean_norm=args.clip_mean_norm)
+    emb = FbankEmbedder(args.sample_rate, args.n_mels, args.win_ms, args.hop_ms)
     n = min(len(dataset), args.norm_clips)
     idx = np.random.default_rng(0).permutation(len(dataset))[:n]
     train_flag = dataset.train
