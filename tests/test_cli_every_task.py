@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cli_run import run_cli
 from unireplknet.cli.main import main
 
 pytest.importorskip("pandas", reason="forecast extra not installed")
@@ -42,13 +43,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err.strip()
 
 
 def _one_line(code: int, err: str, *needles: str) -> None:
@@ -61,35 +55,35 @@ def _one_line(code: int, err: str, *needles: str) -> None:
 @pytest.mark.parametrize("task", list(RUNS))
 def test_reparam_bench_erf_eval(runs, task, capsys, tmp_path):
     best = runs[task] / "best.pt"
-    code, out, err = _run(capsys, ["reparam", "--checkpoint", str(best), "--output", str(tmp_path / "d.pt")])
+    code, out, err = run_cli(capsys, ["reparam", "--checkpoint", str(best), "--output", str(tmp_path / "d.pt")])
     assert code == 0, err
     report = json.loads(out)
     assert report["max_abs_diff"] < 1e-4 * max(1.0, report["max_abs_output"])
-    code, out, err = _run(capsys, ["bench", "--checkpoint", str(best), "--batch-size", "2", "--iters", "1",
+    code, out, err = run_cli(capsys, ["bench", "--checkpoint", str(best), "--batch-size", "2", "--iters", "1",
                                    "--warmup", "0"])
     assert code == 0, err
     bench = json.loads(out)
     assert bench["training"]["images_per_s"] > 0 and bench["deploy"]["images_per_s"] > 0 and bench["img_size"] is None
-    code, out, err = _run(capsys, ["erf", "--checkpoint", str(best), "--num-images", "1",
+    code, out, err = run_cli(capsys, ["erf", "--checkpoint", str(best), "--num-images", "1",
                                    "--output", str(tmp_path / "erf")])
     if code == 2:  # a 1-step forecaster's last map is 1x1 right after a LayerNorm: the channel sum has no gradient
         _one_line(code, err, "zero everywhere")
     else:
         assert code == 0, err
         assert (tmp_path / "erf" / "erf.png").is_file() and json.loads(out)["area_ratio"]
-    code, out, err = _run(capsys, ["eval", "--checkpoint", str(tmp_path / "d.pt")])  # no --data: its own data
+    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(tmp_path / "d.pt")])  # no --data: its own data
     assert code == 0, err
     report = json.loads(out)
     summary = json.loads((runs[task] / "summary.json").read_text())
     key = "test_mse" if task == "forecast" else "test_acc1"
     assert report["task"] == task and report[key] == pytest.approx(summary[key], rel=1e-4, abs=1e-4)
-    _one_line(*_run(capsys, ["eval", "--checkpoint", str(best), "--img-size", "64"])[::2], "--img-size")
+    _one_line(*run_cli(capsys, ["eval", "--checkpoint", str(best), "--img-size", "64"])[::2], "--img-size")
 
 
 @pytest.mark.parametrize("task", list(RUNS))
 def test_export_every_modality(runs, task, capsys, tmp_path):
     """Waveforms (the fbank's DFT as a matrix product), windows, point clouds (the scatter) and clips export."""
-    code, out, err = _run(capsys, ["export", "--checkpoint", str(runs[task] / "best.pt"),
+    code, out, err = run_cli(capsys, ["export", "--checkpoint", str(runs[task] / "best.pt"),
                                    "--output", str(tmp_path / "m.onnx")])
     assert code == 0, err
     report = json.loads(out)
@@ -108,12 +102,12 @@ def test_predict_each_modality(runs, capsys, tmp_path):
     for t in range(5):
         Image.new("RGB", (20, 20), (40 * t, 0, 0)).save(frames / f"{t:03d}.png")
     for task, inputs in (("audio", [wav]), ("pointcloud", [points]), ("video", [frames])):
-        code, out, err = _run(capsys, ["predict", *map(str, inputs), "--checkpoint", str(runs[task] / "deploy.pt"),
+        code, out, err = run_cli(capsys, ["predict", *map(str, inputs), "--checkpoint", str(runs[task] / "deploy.pt"),
                                        "--topk", "1"])
         assert code == 0, (task, err)
         result = json.loads(out)
         assert len(result) == 1 and len(result[0]["predictions"]) == 1, task
-    _one_line(*_run(capsys, ["predict", str(points), "--checkpoint", str(runs["pointcloud"] / "best.pt"),
+    _one_line(*run_cli(capsys, ["predict", str(points), "--checkpoint", str(runs["pointcloud"] / "best.pt"),
                              "--img-size", "64"])[::2], "--img-size")
 
 
@@ -129,5 +123,5 @@ def test_crafted_meta_is_one_line(capsys, tmp_path):
         torch.save({"model": {}, "meta": meta}, path)
         for argv in (["eval", "--checkpoint", str(path)], ["export", "--checkpoint", str(path)],
                      ["predict", "x.png", "--checkpoint", str(path)]):
-            code, _, err = _run(capsys, argv)
+            code, _, err = run_cli(capsys, argv)
             _one_line(code, err)

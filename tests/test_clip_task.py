@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.cli_run import run_cli
 from unireplknet.cli.main import main
 
 pytest.importorskip("open_clip", reason="open_clip_torch is in the 'clip' extra")
@@ -24,13 +25,6 @@ TASK = ["--task", "clip", "--img-size", "32", "--epochs", "1", "--no-progress", 
 TINY = [*TASK, "--batch-size", "8"]
 
 
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -53,27 +47,27 @@ def test_builtin_summary_deploy_and_onnx(builtin_run: Path) -> None:
 
 
 def test_checkpoint_commands(builtin_run: Path, capsys, tmp_path: Path) -> None:
-    code, out, err = _run(capsys, ["eval", "--checkpoint", str(builtin_run / "deploy.pt")])
+    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(builtin_run / "deploy.pt")])
     assert code == 0, err
     report, summary = json.loads(out), json.loads((builtin_run / "summary.json").read_text())
     for key in ("test_zeroshot_acc1", "test_i2t_r1", "test_t2i_r1", "test_loss"):
         assert report[key] == pytest.approx(summary[key], abs=1e-3), key
-    code, out, err = _run(capsys, ["reparam", "--checkpoint", str(builtin_run / "best.pt"),
+    code, out, err = run_cli(capsys, ["reparam", "--checkpoint", str(builtin_run / "best.pt"),
                                    "--output", str(tmp_path / "d.pt")])
     assert code == 0, err
     assert json.loads(out)["max_abs_diff"] < 1e-5
-    code, out, err = _run(capsys, ["export", "--checkpoint", str(builtin_run / "best.pt"),
+    code, out, err = run_cli(capsys, ["export", "--checkpoint", str(builtin_run / "best.pt"),
                                    "--output", str(tmp_path / "m.onnx")])
     assert code == 0 and json.loads(out)["ok"] is True, err
     image = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 40, 40)).save(image)
-    code, out, err = _run(capsys, ["predict", str(image), "--checkpoint", str(builtin_run / "deploy.pt"),
+    code, out, err = run_cli(capsys, ["predict", str(image), "--checkpoint", str(builtin_run / "deploy.pt"),
                                    "--text", "a red circle, a blue ring ,a green cross", "--topk", "5"])
     assert code == 0, err
     ranked = json.loads(out)[0]["predictions"]
     assert sorted(p["label"] for p in ranked) == ["a blue ring", "a green cross", "a red circle"]
     assert sum(p["probability"] for p in ranked) == pytest.approx(1.0, abs=1e-5)
-    code, out, err = _run(capsys, ["predict", str(image), "--checkpoint", str(builtin_run / "deploy.pt"),
+    code, out, err = run_cli(capsys, ["predict", str(image), "--checkpoint", str(builtin_run / "deploy.pt"),
                                    "--topk", "2"])
     assert code == 0 and len(json.loads(out)[0]["predictions"]) == 2, err  # the built-in classes
 
@@ -94,7 +88,7 @@ def test_openclip_csv_and_folder_and_bad_input(tmp_path: Path, capsys) -> None:
     rows = _captioned(tmp_path, 12)
     (tmp_path / "train.csv").write_text("filepath\ttitle\n" + "".join(f"{p}\t{c}\n" for p, c in rows))
     args = json.dumps({**TEXT, "val_fraction": 0.25})
-    code, _, err = _run(capsys, ["train", "--data", str(tmp_path / "train.csv"), "--output", str(tmp_path / "r1"),
+    code, _, err = run_cli(capsys, ["train", "--data", str(tmp_path / "train.csv"), "--output", str(tmp_path / "r1"),
                                  "--no-export", "--batch-size", "4", *TASK, "--set", f"task_args={args}"])
     assert code == 0, err
     s = json.loads((tmp_path / "r1" / "summary.json").read_text())
@@ -102,30 +96,30 @@ def test_openclip_csv_and_folder_and_bad_input(tmp_path: Path, capsys) -> None:
     assert 0 <= s["val_i2t_r1"] <= 100 and s["steps"] == 2
     for p, c in rows:
         (tmp_path / p).with_suffix(".txt").write_text(c)
-    code, _, err = _run(capsys, ["train", "--data", str(tmp_path / "images"), "--output", str(tmp_path / "r2"),
+    code, _, err = run_cli(capsys, ["train", "--data", str(tmp_path / "images"), "--output", str(tmp_path / "r2"),
                                  "--no-export", "--max-steps", "1", "--batch-size", "4", *TASK, "--set",
                                  f"task_args={args}"])
     assert code == 0, err
     (tmp_path / "images" / "05.txt").write_text("  ")
-    code, _, err = _run(capsys, ["train", "--data", str(tmp_path / "images"), "--output", str(tmp_path / "r3"),
+    code, _, err = run_cli(capsys, ["train", "--data", str(tmp_path / "images"), "--output", str(tmp_path / "r3"),
                                  *TINY])
     assert code == 2 and len(err.splitlines()) == 1 and "05.txt' is empty" in err, err
     (tmp_path / "bad.csv").write_text("filepath\ttitle\nimages/00.png\tok\nimages/missing.png\tok\n")
-    code, _, err = _run(capsys, ["train", "--data", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "r4"),
+    code, _, err = run_cli(capsys, ["train", "--data", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "r4"),
                                  *TINY])
     assert code == 2 and len(err.splitlines()) == 1 and "bad.csv:3" in err and "missing.png" in err, err
 
 
 def test_convnext_tower_and_bad_settings(tmp_path: Path, capsys) -> None:
     args = json.dumps({**TEXT, "train_samples": 16, "val_samples": 8, "test_samples": 8})
-    code, _, err = _run(capsys, ["train", "--task", "clip", "--model", "convnext_atto", "--output",
+    code, _, err = run_cli(capsys, ["train", "--task", "clip", "--model", "convnext_atto", "--output",
                                  str(tmp_path / "c"), "--img-size", "32", "--batch-size", "8", "--max-steps", "1",
                                  "--no-export", "--no-progress", "--set", "threads=1", "--set",
                                  'arch={"dims":[8,16,24,32],"depths":[1,1,1,1]}', "--set", f"task_args={args}"])
     assert code == 0, err
     s = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert "convnext_atto" in s["model"] and s["image_tower_params"] < 30_000
-    code, _, err = _run(capsys, ["train", "--output", str(tmp_path / "x"), *TINY, "--set",
+    code, _, err = run_cli(capsys, ["train", "--output", str(tmp_path / "x"), *TINY, "--set",
                                  'task_args={"held_out": ["pink circle"]}'])
     assert code == 2 and len(err.splitlines()) == 1 and "pink circle" in err, err
 

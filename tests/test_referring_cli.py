@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli_run import run_cli
 from tests.test_referring_data import write_refer_vos
 from unireplknet.cli.main import main
 
@@ -19,13 +20,6 @@ SHAPES = ['task_args={"train_clips": 8, "val_clips": 4, "test_clips": 6, "frame_
           '"num_frames": 3, "text_depth": 1}']
 
 
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err.strip()
 
 
 def _one_line(code: int, err: str, *needles: str) -> None:
@@ -63,11 +57,11 @@ def test_summary_eval_and_predict(shapes_run, capsys, tmp_path):
     assert summary["deploy_max_abs_diff"] < 1e-3 and "two inputs" in summary["onnx_skipped"]
     rows = (shapes_run / "report" / "per_expression.csv").read_text().splitlines()
     assert rows[0] == "expression,j,f" and len(rows) == 7
-    code, out, err = _run(capsys, ["eval", "--checkpoint", str(shapes_run / "deploy.pt")])
+    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(shapes_run / "deploy.pt")])
     assert code == 0, err
     assert json.loads(out)["test_jf"] == pytest.approx(summary["test_jf"], abs=1e-4)
     frames = _frames(tmp_path / "clip")
-    code, out, err = _run(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "deploy.pt"),
+    code, out, err = run_cli(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "deploy.pt"),
                                    "--text", "the small red square moving right", "--output", str(tmp_path / "p"),
                                    "--batch-size", "2"])
     assert code == 0, err
@@ -79,9 +73,9 @@ def test_summary_eval_and_predict(shapes_run, capsys, tmp_path):
         with Image.open(m) as im:
             assert im.size == (36, 28) and set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
     assert (tmp_path / "p" / "clip_strip.png").is_file() and len(json.loads(out)["videos"][0]["mask_area"]) == 5
-    _one_line(*_run(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "best.pt"),
+    _one_line(*run_cli(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "best.pt"),
                              "--output", str(tmp_path / "q")])[::2], "--text")
-    _one_line(*_run(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "best.pt"), "--text", " ",
+    _one_line(*run_cli(capsys, ["predict", str(frames), "--checkpoint", str(shapes_run / "best.pt"), "--text", " ",
                              "--output", str(tmp_path / "q")])[::2], "--text")
 
 
@@ -103,16 +97,16 @@ def test_predict_in_chunks_equals_one_pass(shapes_run, tmp_path):
 
 def test_other_commands(shapes_run, capsys, tmp_path):
     best = shapes_run / "best.pt"
-    code, out, err = _run(capsys, ["reparam", "--checkpoint", str(best), "--output", str(tmp_path / "d.pt")])
+    code, out, err = run_cli(capsys, ["reparam", "--checkpoint", str(best), "--output", str(tmp_path / "d.pt")])
     assert code == 0, err
     assert json.loads(out)["max_abs_diff"] < 1e-4 * max(1.0, json.loads(out)["max_abs_output"])
-    code, out, err = _run(capsys, ["bench", "--checkpoint", str(best), "--batch-size", "1", "--iters", "1",
+    code, out, err = run_cli(capsys, ["bench", "--checkpoint", str(best), "--batch-size", "1", "--iters", "1",
                                    "--warmup", "0"])
     assert code == 0 and json.loads(out)["deploy"]["images_per_s"] > 0, err
-    code, out, err = _run(capsys, ["erf", "--checkpoint", str(best), "--num-images", "1",
+    code, out, err = run_cli(capsys, ["erf", "--checkpoint", str(best), "--num-images", "1",
                                    "--output", str(tmp_path / "erf")])
     assert code == 0, err
-    _one_line(*_run(capsys, ["export", "--checkpoint", str(best), "--output", str(tmp_path / "m.onnx")])[::2],
+    _one_line(*run_cli(capsys, ["export", "--checkpoint", str(best), "--output", str(tmp_path / "m.onnx")])[::2],
               "two inputs")
 
 
@@ -135,7 +129,7 @@ def test_refer_vos_layout_and_its_mistakes(tmp_path, capsys):
     meta = json.loads(meta_file.read_text())
     meta["videos"]["train_video0"]["expressions"]["0"]["exp"] = ""
     meta_file.write_text(json.dumps(meta))
-    _one_line(*_run(capsys, ["train", "--task", "referring", "--data", str(root), "--output", str(tmp_path / "x"),
+    _one_line(*run_cli(capsys, ["train", "--task", "referring", "--data", str(root), "--output", str(tmp_path / "x"),
                              *TINY])[::2], str(meta_file), "empty sentence")
 
 
@@ -151,11 +145,11 @@ def test_hugging_face_text_encoder_by_name(tmp_path, monkeypatch, capsys):
                  "--set", f"task_args.text_encoder={bert}", "--set", "task_args.max_len=12"]) == 0
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
-    code, report, err = _run(capsys, ["eval", "--checkpoint", str(out / "deploy.pt")])
+    code, report, err = run_cli(capsys, ["eval", "--checkpoint", str(out / "deploy.pt")])
     assert code == 0, err
     assert json.loads(report)["test_jf"] == pytest.approx(summary["test_jf"], abs=1e-4)
-    _one_line(*_run(capsys, ["train", "--task", "referring", "--output", str(tmp_path / "y"), *TINY, "--set", *SHAPES,
-                             "--set", f"task_args.text_encoder={tmp_path / 'nope'}"])[::2], "nope")
+    _one_line(*run_cli(capsys, ["train", "--task", "referring", "--output", str(tmp_path / "y"), *TINY, "--set",
+                                *SHAPES, "--set", f"task_args.text_encoder={tmp_path / 'nope'}"])[::2], "nope")
 
 
 def test_crafted_builder_meta_is_one_line(capsys, tmp_path):
@@ -165,4 +159,4 @@ def test_crafted_builder_meta_is_one_line(capsys, tmp_path):
                        "broken": {"builder": "referring", "referring": {"dim": "x"}, "task": "referring"}}.items():
         path = tmp_path / f"{name}.pt"
         torch.save({"model": {}, "meta": meta}, path)
-        _one_line(*_run(capsys, ["eval", "--checkpoint", str(path)])[::2], "checkpoint meta")
+        _one_line(*run_cli(capsys, ["eval", "--checkpoint", str(path)])[::2], "checkpoint meta")

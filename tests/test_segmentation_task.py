@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import unireplknet
+from tests.cli_run import run_cli
 from unireplknet.cli.main import main
 
 TINY = ["--task", "segmentation", "--set", 'arch={"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "kernel_sizes": 5}',
@@ -28,17 +29,10 @@ def _args(**task_args) -> list[str]:
     return ["--set", f"task_args={json.dumps(HEADS | task_args)}"]
 
 
-def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err.strip()
 
 
 def _one_line(capsys, argv: list[str], *needles: str) -> None:
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in err, err
@@ -86,7 +80,7 @@ def test_train_on_the_builtin_set_writes_metrics_report_deploy_and_onnx(beacons_
 
 def test_eval_predict_and_export_on_the_checkpoint(beacons_run, tmp_path, capsys):
     summary = json.loads((beacons_run / "summary.json").read_text())
-    code, out, err = _run(capsys, ["eval", "--checkpoint", str(beacons_run / "deploy.pt")])
+    code, out, err = run_cli(capsys, ["eval", "--checkpoint", str(beacons_run / "deploy.pt")])
     assert code == 0, err
     report = json.loads(out)
     assert report["split"] == "test" and report["test_miou"] == pytest.approx(summary["test_miou"], abs=1e-6)
@@ -96,7 +90,7 @@ def test_eval_predict_and_export_on_the_checkpoint(beacons_run, tmp_path, capsys
     image, _ = BeaconsDataset("test", length=1).load(0)
     Image.fromarray(image).save(tmp_path / "scene.png")
     Image.fromarray(np.ascontiguousarray(image[:40, :56])).save(tmp_path / "small.jpg")
-    code, out, err = _run(capsys, ["predict", str(tmp_path / "scene.png"), str(tmp_path / "small.jpg"),
+    code, out, err = run_cli(capsys, ["predict", str(tmp_path / "scene.png"), str(tmp_path / "small.jpg"),
                                    "--checkpoint", str(beacons_run / "best.pt"), "--output", str(tmp_path / "pred")])
     assert code == 0, err
     preds = json.loads(out)
@@ -109,13 +103,13 @@ def test_eval_predict_and_export_on_the_checkpoint(beacons_run, tmp_path, capsys
     shares = {names[k]: 100 * float((labels == k).sum()) / labels.size for k in np.unique(labels)}
     assert preds[1]["classes"] == pytest.approx(shares, abs=0.01)
 
-    code, out, err = _run(capsys, ["erf", "--checkpoint", str(beacons_run / "best.pt"), "--num-images", "1",
+    code, out, err = run_cli(capsys, ["erf", "--checkpoint", str(beacons_run / "best.pt"), "--num-images", "1",
                                    "--img-size", "64", "--output", str(tmp_path / "erf")])
     assert code == 0, err
     assert (tmp_path / "erf" / "erf.png").is_file()
 
     ort = pytest.importorskip("onnxruntime")
-    code, out, err = _run(capsys, ["export", "--checkpoint", str(beacons_run / "best.pt"),
+    code, out, err = run_cli(capsys, ["export", "--checkpoint", str(beacons_run / "best.pt"),
                                    "--output", str(tmp_path / "seg.onnx")])
     assert code == 0, err
     model, _ = unireplknet.models.build_model_from_checkpoint(beacons_run / "deploy.pt")
@@ -130,14 +124,14 @@ def test_train_on_an_ade20k_folder_with_sliding_windows(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", *TINY, *_args(test_scale=[64, 32], crop_size=[32, 32], slide_stride=[20, 20]),
             "--set", "task_args.inference=slide", "--data", str(root), "--output", str(out)]
-    code, _, err = _run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_split"] == "val" and summary["test_samples"] == 3 and summary["test_miou"] >= 0
     assert summary["onnx_max_abs_diff"] < 1e-3  # exported at the crop size, checked on a batch of that size
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
     assert len(meta["class_names"]) == 150 and meta["task_args"]["inference"] == "slide"
-    code, text, err = _run(capsys, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(root)])
+    code, text, err = run_cli(capsys, ["eval", "--checkpoint", str(out / "best.pt"), "--data", str(root)])
     assert code == 0, err
     assert json.loads(text)["test_miou"] == pytest.approx(summary["test_miou"], abs=1e-6)
 
@@ -163,7 +157,7 @@ def test_bad_masks_are_one_line_errors_naming_the_file(tmp_path, capsys):
 def test_info_prints_table7_and_create_model_builds_the_segmenters(capsys):
     from unireplknet.cli.info_cmd import format_rows
 
-    code, out, err = _run(capsys, ["info", "--task", "segmentation", "--json"])
+    code, out, err = run_cli(capsys, ["info", "--task", "segmentation", "--json"])
     assert code == 0, err
     text = format_rows(json.loads(out))  # what `info --task segmentation` prints without --json
     assert "upernet_unireplknet_t" in text and "60,986,154" in text and "512×2048" in text and "UniRepLKNet-XL‡" in text
