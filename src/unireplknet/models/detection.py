@@ -37,7 +37,7 @@ from unireplknet.errors import CheckpointError
 from unireplknet.layers import LayerNorm2d
 from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
-from unireplknet.models.features import UniRepLKNetFeatures
+from unireplknet.models.features import OnBackbone, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TimmFeatures(nn.Module):
         return set()
 
 
-class CascadeMaskRCNN(nn.Module):
+class CascadeMaskRCNN(OnBackbone, nn.Module):
     """UniRepLKNet + FPN + RPN + cascade RoI heads; ``num_stages=1`` is plain (Mask) R-CNN.
 
     The defaults are the reference's (Table 6 configuration); the CPU recipes shrink ``fpn_channels``,
@@ -176,30 +176,11 @@ class CascadeMaskRCNN(nn.Module):
             outs.append(head(mask_feats))
         return outs
 
-    # -- backbone passthroughs ---------------------------------------------------------------------------
-    def reparameterize(self) -> CascadeMaskRCNN:
-        """Convert the backbone to its deploy form in place (exact); the heads have nothing to fold."""
-        self.backbone.reparameterize()
-        return self
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """The backbone's layer groups under ``backbone.`` for layer-wise lr decay (timm's
-        ``param_groups_layer_decay``); neck and heads match nothing and so form the last group."""
-        def prefixed(pattern: str) -> str:
-            return re.sub(r"^\^", r"^backbone\\.", pattern)
-
-        matcher = self.backbone.group_matcher(coarse)
-        return {k: prefixed(v) if isinstance(v, str) else [(prefixed(p), s) for p, s in v]
-                for k, v in matcher.items()}
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        """The backbone's layer groups for layer-wise lr decay (timm's ``param_groups_layer_decay``); neck and
+        heads match nothing and so form the last group."""
+        return self.backbone_groups(coarse)
 
 
 # -- loading -------------------------------------------------------------------------------------------------

@@ -64,3 +64,35 @@ class UniRepLKNetFeatures(UniRepLKNet):
         if not coarse:
             matcher["blocks"] = matcher["blocks"][:-1] + [(r"^norm(\d+)\.", (99999,))]
         return matcher
+
+
+class OnBackbone:
+    """What a dense model built on ``self.backbone`` (:class:`UniRepLKNetFeatures` or a peer) passes through:
+    the deploy form, gradient checkpointing, no-decay names and the backbone's lr-decay groups under
+    ``backbone.``. Mixed into an ``nn.Module``; the heads have nothing to fold."""
+
+    backbone: Any
+
+    def reparameterize(self) -> Any:
+        """The backbone's blocks to their deploy form, in place (exact)."""
+        self.backbone.reparameterize()
+        return self
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    def backbone_groups(self, coarse: bool = False) -> dict[str, Any]:
+        """The backbone's ``group_matcher`` with every pattern under ``backbone.``; ``blocks`` as a list of
+        ``(pattern, order)`` (timm's ``param_groups_layer_decay`` format)."""
+        def prefixed(pattern: str) -> str:
+            return "^backbone\\." + pattern.removeprefix("^")
+
+        matcher = self.backbone.group_matcher(coarse)
+        blocks = matcher["blocks"]
+        blocks = [(blocks, None)] if isinstance(blocks, str) else blocks
+        return {"stem": prefixed(matcher["stem"]), "blocks": [(prefixed(p), order) for p, order in blocks]}

@@ -21,7 +21,7 @@ from torch import nn
 
 from unireplknet.errors import CheckpointError
 from unireplknet.models.checkpoint import StateDict, extract_state_dict, load_checkpoint, read_checkpoint
-from unireplknet.models.features import UniRepLKNetFeatures
+from unireplknet.models.features import OnBackbone, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
 IGNORE_INDEX = 255
@@ -114,7 +114,7 @@ class FCNHead(nn.Module):
         return self.classifier(self.dropout(self.conv(x)))
 
 
-class UPerNet(nn.Module):
+class UPerNet(OnBackbone, nn.Module):
     """UniRepLKNet + UPerHead (+ auxiliary FCNHead): (N, 3, H, W) -> logits (N, num_classes, H, W).
 
     In training mode with an auxiliary head, ``forward`` returns ``(logits, aux_logits)``, both at the input
@@ -150,32 +150,12 @@ class UPerNet(nn.Module):
         """The backbone's last map (N, C_3, H/32, W/32), e.g. for the effective receptive field (Fig. 2)."""
         return self.backbone(x)[-1]
 
-    def reparameterize(self) -> UPerNet:
-        """The backbone's blocks to their deploy form, in place (exact; the heads are unchanged)."""
-        self.backbone.reparameterize()
-        return self
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.backbone.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups for layer-wise lr decay: the backbone's (stem, blocks ...), then both heads last."""
-        def prefixed(pattern: str) -> str:
-            return "^backbone\\." + pattern.removeprefix("^")
-
-        matcher = self.backbone.group_matcher(coarse)
-        blocks = matcher["blocks"]
-        if isinstance(blocks, str):
-            blocks = [(blocks, None)]
-        blocks = [(prefixed(p), order) for p, order in blocks]
-        blocks.append((r"^(?:decode_head|aux_head)\.", (100000,)))
-        return dict(stem=prefixed(matcher["stem"]), blocks=blocks)
+        groups = self.backbone_groups(coarse)
+        groups["blocks"].append((r"^(?:decode_head|aux_head)\.", (100000,)))
+        return groups
 
 
 class SegmentationLoss(nn.Module):
