@@ -49,13 +49,15 @@ def shape_ap(run: Path) -> dict[str, float]:
 
     from unireplknet.data.coco import CocoDetection
     from unireplknet.data.datasets import cache_dir
-    from unireplknet.data.synth_detection import SHAPES
+    from unireplknet.data.synth_detection import SHAPES, synth_coco_root
     from unireplknet.models import build_model_from_checkpoint
     from unireplknet.tasks.detection import coco_evaluate, coco_results, predict_detections
 
     torch.set_num_threads(1)
     config = json.loads((run / "config.json").read_text())
-    test = CocoDetection(cache_dir() / f"synth_detection-{config['task_args'].get('scene_size', 128)}", "test")
+    task_args = config["task_args"]
+    test = CocoDetection(synth_coco_root(cache_dir(), task_args.get("scene_size", 128),
+                                         task_args.get("scene_train_images", 1200)), "test")
     model, _ = build_model_from_checkpoint(run / "deploy.pt")
     detections = predict_detections(model, test)
     shape_of = {c: (c - 1) % len(SHAPES) + 1 for c in test.cat_ids}

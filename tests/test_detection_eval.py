@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from unireplknet.data.coco import CocoDetection, mask_api
-from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES, make_scene, write_synth_coco
+from unireplknet.data.synth_detection import (CLASS_NAMES, SHAPES, make_scene, scene_splits, synth_coco_root,
+                                              write_synth_coco)
 from unireplknet.errors import UserError
 from unireplknet.tasks.detection import (
     coco_evaluate,
@@ -139,6 +140,16 @@ def test_embedded_scenes_are_deterministic_and_marker_decides_the_class(tmp_path
     for box, mask in zip(t["boxes"], t["masks"]):  # the box is the visible mask's extent
         ys, xs = torch.where(mask > 0)
         assert torch.equal(box, torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32))
+
+    # More training images (task_args.scene_train_images): another cache folder, the same held-out images.
+    assert synth_coco_root(tmp_path, 96) == tmp_path / "synth_detection-96"
+    bigger = synth_coco_root(tmp_path, 96, 9)
+    assert bigger != synth_coco_root(tmp_path, 96) and scene_splits(9) == {"train": 9, "val": 150, "test": 150}
+    bigger = write_synth_coco(bigger, seed=0, size=96, splits=dict(scene_splits(9), val=3, test=3))
+    assert len(CocoDetection(bigger, "train")) == 9
+    for split in ("train", "test"):
+        for name in ("00000.png", "00002.png"):
+            assert (bigger / split / name).read_bytes() == (root / split / name).read_bytes()
 
 
 def test_untrained_model_end_to_end_on_coco_fixture(tmp_path):

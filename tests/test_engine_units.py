@@ -132,3 +132,37 @@ def test_lr_schedules_in_fractional_epochs(sched: str, expected: dict[float, flo
         assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-6), (sched, t)
     with pytest.raises(UserError, match="decay_epochs"):
         make_config({"sched": "step"})
+
+
+class _Fixed(nn.Module):
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scores
+
+
+def test_deploy_check_tells_near_tie_flips_from_real_ones() -> None:
+    from unireplknet.engine.finalize import DeployCheck
+
+    scores = torch.randn(2, 5, 6, 6, dtype=torch.float64) * 3
+    top2 = scores.topk(2, dim=1).indices
+    swapped_tie = scores.clone()  # pixel (0, 0, 0): its two best classes pushed within 1e-6 of each other
+    a, b = top2[0, 0, 0, 0], top2[0, 1, 0, 0]
+    swapped_tie[0, b, 0, 0] = swapped_tie[0, a, 0, 0] - 1e-6
+    tied = swapped_tie.clone()
+    tied[0, b, 0, 0] += 2e-6  # the deploy form's rounding makes the runner-up win
+    check = DeployCheck(_Fixed(swapped_tie), _Fixed(tied), labels=True)
+    check(torch.zeros(1))
+    summary = check.summary()
+    assert summary["deploy_same_labels"] is True and summary["deploy_tied_label_flips"] == 1
+    assert summary["deploy_label_agreement"] == pytest.approx(1 - 1 / 72)
+
+    real = scores.clone()
+    real[1, top2[1, 1, 2, 3], 2, 3] += 100.0  # a clear flip: the runner-up gains 100 logits
+    check = DeployCheck(_Fixed(scores), _Fixed(real), labels=True)
+    check(torch.zeros(1))
+    summary = check.summary()
+    assert summary["deploy_same_labels"] is False and summary["deploy_tied_label_flips"] == 0
+    assert summary["deploy_max_abs_diff"] == pytest.approx(100.0)

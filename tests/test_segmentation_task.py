@@ -38,6 +38,24 @@ def _one_line(capsys, argv: list[str], *needles: str) -> None:
         assert needle in err, err
 
 
+def test_a_timm_convnext_backbone_through_train_and_eval(tmp_path, capsys):
+    out = tmp_path / "convnext"
+    task_args = _args(test_scale=[64, 64], crop_size=[64, 64], ratio_range=[1.0, 1.0], beacons_samples=[8, 4, 6],
+                      backbone="convnext_atto")
+    argv = ["train", "--task", "segmentation", "--batch-size", "4", "--no-progress", "--set", "threads=1",
+            "--epochs", "1", "--limit-train-batches", "2", *task_args, "--output", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "UPerNet on convnext_atto (timm)" and summary["deploy_max_abs_diff"] == 0
+    meta = torch.load(out / "deploy.pt", weights_only=True)["meta"]
+    assert meta["model"] == "upernet_timm" and meta["model_kwargs"]["timm_backbone"] == "convnext_atto"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "deploy.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["test_miou"] == pytest.approx(summary["test_miou"], abs=1e-6)
+    _one_line(capsys, [*argv, "--set", 'arch={"kernel_sizes": 3}', "--overwrite"],
+              "bad segmentation model settings", "apply to UniRepLKNet")
+
+
 def _write_ade20k(root: Path, sizes: dict[str, list[tuple[int, int]]]) -> Path:
     """Images with a bright square whose ADE20K label (1-based, 0 = ignored) is its colour's class."""
     rng = np.random.default_rng(0)

@@ -99,6 +99,18 @@ def make_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, l
     return np.clip(img, 0, 255).astype(np.uint8), kept
 
 
+def scene_splits(train_images: int = SPLITS["train"]) -> dict[str, int]:
+    """Split sizes with ``train_images`` training images; val and test keep their default images (sample ``i``
+    of a split depends only on ``seed``, the split and ``i``, so held-out sets match across training sizes)."""
+    return dict(SPLITS, train=train_images)
+
+
+def synth_coco_root(cache: Path, size: int = 128, train_images: int = SPLITS["train"]) -> Path:
+    """The cache folder of the embedded set at this image side and training size."""
+    suffix = "" if train_images == SPLITS["train"] else f"-train{train_images}"
+    return Path(cache) / f"synth_detection-{size}{suffix}"
+
+
 def _fingerprint(seed: int, size: int, splits: dict[str, int]) -> str:
     return hashlib.sha1(json.dumps([VERSION, seed, size, sorted(splits.items())]).encode()).hexdigest()[:12]
 

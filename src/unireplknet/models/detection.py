@@ -34,10 +34,9 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from unireplknet.errors import CheckpointError
-from unireplknet.layers import LayerNorm2d
 from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
-from unireplknet.models.features import OnBackbone, UniRepLKNetFeatures
+from unireplknet.models.features import OnBackbone, TimmFeatures, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
 logger = logging.getLogger(__name__)
@@ -64,39 +63,6 @@ class StridedAnchorGenerator(AnchorGenerator):
         self.set_cell_anchors(dtype, device)
         anchors = torch.cat(self.grid_anchors([f.shape[-2:] for f in feature_maps], strides))
         return [anchors for _ in image_list.image_sizes]
-
-
-class TimmFeatures(nn.Module):
-    """A timm model's four stride-4…32 maps (``features_only``), each through its own channels-first LayerNorm
-    as :class:`UniRepLKNetFeatures` has (and ConvNeXt's detection backbone): (N, 3, H, W) -> list of
-    (N, dims[i], H/2^(i+2), W/2^(i+2)). Nothing to re-parameterize."""
-
-    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
-        import timm
-
-        super().__init__()
-        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3),
-                                      drop_path_rate=drop_path_rate)
-        if self.body.feature_info.reduction() != [4, 8, 16, 32]:
-            raise ValueError(f"timm model {name!r} gives features at strides {self.body.feature_info.reduction()}; "
-                             "the detector needs 4, 8, 16, 32 (e.g. a ConvNeXt)")
-        self.dims, self.out_indices = self.body.feature_info.channels(), (0, 1, 2, 3)
-        self.norms = nn.ModuleList(LayerNorm2d(c) for c in self.dims)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [norm(f) for norm, f in zip(self.norms, self.body(x))]
-
-    def reparameterize(self) -> TimmFeatures:
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.body.set_grad_checkpointing(enable)
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return {"stem": r"^body\.stem", "blocks": r"^body\.stages_(\d+)"}
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
 
 
 class CascadeMaskRCNN(OnBackbone, nn.Module):

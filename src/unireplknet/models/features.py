@@ -1,4 +1,5 @@
-"""UniRepLKNet as a multi-scale backbone for dense prediction (FPN/UPerNet-style heads)."""
+"""UniRepLKNet as a multi-scale backbone for dense prediction (FPN/UPerNet-style heads), the mixin the dense
+models share for what they pass through to it, and a timm model in the same role (the peer in the studies)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from unireplknet.layers import LayerNorm2d
 from unireplknet.models.unireplknet import UniRepLKNet
@@ -96,3 +98,38 @@ class OnBackbone:
         blocks = matcher["blocks"]
         blocks = [(blocks, None)] if isinstance(blocks, str) else blocks
         return {"stem": prefixed(matcher["stem"]), "blocks": [(prefixed(p), order) for p, order in blocks]}
+
+
+class TimmFeatures(nn.Module):
+    """A timm model's four stride-4…32 maps (``features_only``), each through its own channels-first LayerNorm
+    as :class:`UniRepLKNetFeatures` has (and ConvNeXt's dense-prediction backbones): (N, 3, H, W) -> list of
+    (N, dims[i], H/2^(i+2), W/2^(i+2)). The peer backbone of the dense heads; nothing to re-parameterize."""
+
+    deploy = False
+
+    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
+        import timm
+
+        super().__init__()
+        self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3),
+                                      drop_path_rate=drop_path_rate)
+        if self.body.feature_info.reduction() != [4, 8, 16, 32]:
+            raise ValueError(f"timm model {name!r} gives features at strides {self.body.feature_info.reduction()}; "
+                             "the dense heads need 4, 8, 16, 32 (e.g. a ConvNeXt)")
+        self.dims, self.out_indices = self.body.feature_info.channels(), (0, 1, 2, 3)
+        self.norms = nn.ModuleList(LayerNorm2d(c) for c in self.dims)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [norm(f) for norm, f in zip(self.norms, self.body(x))]
+
+    def reparameterize(self) -> TimmFeatures:
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.body.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": r"^body\.stem", "blocks": r"^body\.stages_(\d+)"}
+
+    def no_weight_decay(self) -> set[str]:
+        return set()

@@ -21,7 +21,7 @@ from torch import nn
 
 from unireplknet.errors import CheckpointError
 from unireplknet.models.checkpoint import StateDict, extract_state_dict, load_checkpoint, read_checkpoint
-from unireplknet.models.features import OnBackbone, UniRepLKNetFeatures
+from unireplknet.models.features import OnBackbone, TimmFeatures, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
 IGNORE_INDEX = 255
@@ -120,15 +120,20 @@ class UPerNet(OnBackbone, nn.Module):
     In training mode with an auxiliary head, ``forward`` returns ``(logits, aux_logits)``, both at the input
     size (:class:`SegmentationLoss` takes either form); in eval mode, the logits alone. ``backbone_kwargs`` go
     to :class:`UniRepLKNetFeatures` (``depths``, ``dims``, ``kernel_sizes``, ``drop_path_rate``, ``deploy`` ...).
-    ``aux_channels=0`` drops the auxiliary head.
+    ``aux_channels=0`` drops the auxiliary head. ``backbone``: another four-map backbone instead (e.g. a
+    :class:`TimmFeatures` ConvNeXt for the peer study); then ``backbone_kwargs`` must be empty.
     """
 
     def __init__(self, num_classes: int = 150, channels: int = 512, aux_channels: int = 256, aux_index: int = 2,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, **backbone_kwargs: Any) -> None:
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1,
+                 backbone: UniRepLKNetFeatures | TimmFeatures | None = None, **backbone_kwargs: Any) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.backbone = UniRepLKNetFeatures(out_indices=(0, 1, 2, 3), **backbone_kwargs)
+        if backbone is not None and backbone_kwargs:
+            raise ValueError(f"backbone settings {sorted(backbone_kwargs)} apply to UniRepLKNet, not to a given "
+                             "backbone")
+        self.backbone = backbone or UniRepLKNetFeatures(out_indices=(0, 1, 2, 3), **backbone_kwargs)
         dims = self.backbone.dims
         self.num_classes = num_classes
         self.aux_index = aux_index
@@ -296,6 +301,19 @@ def _builder(variant: str) -> Callable[..., UPerNet]:
     return build
 
 
-#: ``upernet_unireplknet_{a,f,p,n,t,s,b,l,xl}`` -> builder(num_classes=150, pretrained_backbone=False, **kwargs).
+def upernet_timm(num_classes: int = 150, timm_backbone: str = "convnext_atto", pretrained_backbone: bool = False,
+                 drop_path_rate: float = 0.0, deploy: bool = False, **kwargs: Any) -> UPerNet:
+    """UPerNet on the timm model ``timm_backbone`` (any with stride-4…32 features, e.g. ``convnext_atto``):
+    the same heads on a peer backbone. ``kwargs`` go to :class:`UPerNet` (channels, aux_channels ...);
+    ``deploy`` is accepted and changes nothing (there is no branch to fold)."""
+    if not isinstance(pretrained_backbone, bool):
+        raise ValueError(f"a timm backbone takes pretrained_backbone=True|False, not {pretrained_backbone!r}")
+    return UPerNet(num_classes=num_classes, backbone=TimmFeatures(timm_backbone, pretrained_backbone,
+                                                                  drop_path_rate), **kwargs)
+
+
+#: ``upernet_unireplknet_{a,f,p,n,t,s,b,l,xl}`` -> builder(num_classes=150, pretrained_backbone=False, **kwargs);
+#: ``upernet_timm`` -> :func:`upernet_timm`.
 MODELS: dict[str, Callable[..., UPerNet]] = {
-    f"upernet_{name}": _builder(name) for name in VARIANTS if name != "unireplknet_h"}
+    **{f"upernet_{name}": _builder(name) for name in VARIANTS if name != "unireplknet_h"},
+    "upernet_timm": upernet_timm}

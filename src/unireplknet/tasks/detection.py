@@ -167,13 +167,15 @@ class DetectionArgs:
     crop_size: list[int] = field(default_factory=lambda: [384, 600])
     head: dict[str, Any] = field(default_factory=dict)  # CascadeMaskRCNN settings (fpn_channels, roi_samples, ...)
     scene_size: int = 128  # built-in scenes: image side
+    scene_train_images: int = 1200  # built-in scenes: training images (val and test stay 150 each, unchanged)
     draw_threshold: float = 0.3  # predict: boxes drawn from this score
 
     def __post_init__(self) -> None:
         check([(self.min_size >= 32 and self.max_size >= self.min_size, "need 32 <= min_size <= max_size"),
                (bool(self.train_scales) and min(self.train_scales) >= 16, "train_scales must be sides >= 16"),
                (len(self.crop_size) == 2 and 0 < self.crop_size[0] <= self.crop_size[1], "crop_size is [lo, hi]"),
-               (self.scene_size >= 64, "scene_size must be at least 64")])
+               (self.scene_size >= 64, "scene_size must be at least 64"),
+               (self.scene_train_images >= 1, "scene_train_images must be at least 1")])
 
 
 @register_task
@@ -191,10 +193,11 @@ class DetectionTask(Task):
         from unireplknet.data.datasets import cache_dir, data_folder
 
         if cfg.data in self.builtin_data:
-            from unireplknet.data.synth_detection import write_synth_coco
+            from unireplknet.data.synth_detection import scene_splits, synth_coco_root, write_synth_coco
 
-            root, splits = write_synth_coco(cache_dir() / f"synth_detection-{args.scene_size}",
-                                            size=args.scene_size), ("train", "val", "test")
+            root = synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images)
+            root = write_synth_coco(root, size=args.scene_size, splits=scene_splits(args.scene_train_images))
+            splits = ("train", "val", "test")
         else:
             root = data_folder(cfg.data or "", "a COCO folder (train/, val/, annotations/instances_*.json), or "
                                                f"one of: {', '.join(self.builtin_data)}")

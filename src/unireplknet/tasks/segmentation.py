@@ -159,6 +159,7 @@ class SegmentationArgs:
     cat_max_ratio: float = 0.75  # training crop: retry while one class covers more than this
     photometric: bool = True
     hue_delta: int = 18
+    backbone: str | None = None  # a timm model (e.g. convnext_atto) instead of the UniRepLKNet of `model`/`arch`
     channels: int = 512  # UPerHead width
     aux_channels: int = 256  # auxiliary FCN head width (0: none)
     aux_weight: float = 0.4
@@ -234,13 +235,17 @@ class SegmentationTask(Task):
     def model_meta(self, cfg: TrainConfig, args: SegmentationArgs, data: TaskData) -> dict[str, Any]:
         from unireplknet.models.segmentation import MODELS
 
-        size = (cfg.model or "unireplknet_a").removeprefix("upernet_").removeprefix("unireplknet_")
-        name = f"upernet_unireplknet_{size}"
-        if name not in MODELS:
-            raise UserError(f"no segmenter for model {cfg.model!r}; choose a backbone of: "
-                            f"{', '.join(m.removeprefix('upernet_') for m in MODELS)} (or model null + arch)")
-        kwargs = {**(cfg.arch or {}), "num_classes": len(data.info["class_names"]), "channels": args.channels,
-                  "aux_channels": args.aux_channels}
+        heads = {"num_classes": len(data.info["class_names"]), "channels": args.channels,
+                 "aux_channels": args.aux_channels}
+        if args.backbone:
+            name, kwargs = "upernet_timm", {**(cfg.arch or {}), "timm_backbone": args.backbone, **heads}
+        else:
+            size = (cfg.model or "unireplknet_a").removeprefix("upernet_").removeprefix("unireplknet_")
+            name, kwargs = f"upernet_unireplknet_{size}", {**(cfg.arch or {}), **heads}
+            if name not in MODELS or name == "upernet_timm":
+                raise UserError(f"no segmenter for model {cfg.model!r}; choose a backbone of: "
+                                f"{', '.join(m.removeprefix('upernet_') for m in MODELS if m != 'upernet_timm')} "
+                                "(or model null + arch, or task_args.backbone=<timm model>)")
         return {"model": name, "model_kwargs": kwargs, "class_names": data.info["class_names"],
                 "input_size": [3, *args.crop_size], "mean": list(cfg.mean), "std": list(cfg.std)}
 
@@ -249,8 +254,9 @@ class SegmentationTask(Task):
 
         meta = self.model_meta(cfg, args, data)
         try:
+            extra = {} if args.backbone else {"layer_scale_init_value": cfg.layer_scale_init_value}
             model = unireplknet.create_model(meta["model"], pretrained=cfg.pretrained, drop_path_rate=cfg.drop_path,
-                                             layer_scale_init_value=cfg.layer_scale_init_value, **meta["model_kwargs"])
+                                             **extra, **meta["model_kwargs"])
         except (TypeError, ValueError) as err:
             raise UserError(f"bad segmentation model settings (model/arch/task_args): {err}") from None
         if cfg.finetune:  # a classification checkpoint, or the backbone of a dense one
@@ -260,7 +266,8 @@ class SegmentationTask(Task):
         return model
 
     def model_label(self, cfg: TrainConfig) -> str:
-        return f"UPerNet on {super().model_label(cfg)}"
+        args = self.parse_args(cfg.task_args)
+        return f"UPerNet on {f'{args.backbone} (timm)' if args.backbone else super().model_label(cfg)}"
 
     def criterion(self, cfg: TrainConfig, args: SegmentationArgs, data: TaskData) -> Criterion:
         """Cross-entropy over labelled pixels (255 ignored): main 1.0 + auxiliary ``aux_weight``."""
