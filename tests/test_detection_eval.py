@@ -10,8 +10,14 @@ import torch
 from PIL import Image
 
 from unireplknet.data.coco import CocoDetection, mask_api
-from unireplknet.data.synth_detection import (CLASS_NAMES, SHAPES, make_scene, scene_splits, synth_coco_root,
-                                              write_synth_coco)
+from unireplknet.data.synth_detection import (
+    CLASS_NAMES,
+    SHAPES,
+    make_scene,
+    scene_splits,
+    synth_coco_root,
+    write_synth_coco,
+)
 from unireplknet.errors import UserError
 from unireplknet.tasks.detection import (
     coco_evaluate,

@@ -11,6 +11,7 @@ truth no accuracy, and the means skip them; aAcc = all correct / all labelled pi
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from unireplknet.models.seg_inference import MS_RATIOS, Segmenter
 from unireplknet.tasks import register_task
 from unireplknet.utils.atomic import atomic_file, atomic_write_text
 from unireplknet.utils.typed import check
+
+log = logging.getLogger(__name__)
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -238,7 +241,10 @@ class SegmentationTask(Task):
         heads = {"num_classes": len(data.info["class_names"]), "channels": args.channels,
                  "aux_channels": args.aux_channels}
         if args.backbone:
-            name, kwargs = "upernet_timm", {**(cfg.arch or {}), "timm_backbone": args.backbone, **heads}
+            if cfg.arch:
+                log.info("task_args.backbone=%s: the recipe's arch (UniRepLKNet depths/dims/kernels) is not used",
+                         args.backbone)
+            name, kwargs = "upernet_timm", {"timm_backbone": args.backbone, **heads}
         else:
             size = (cfg.model or "unireplknet_a").removeprefix("upernet_").removeprefix("unireplknet_")
             name, kwargs = f"upernet_unireplknet_{size}", {**(cfg.arch or {}), **heads}
