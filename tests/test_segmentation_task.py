@@ -42,7 +42,7 @@ def test_a_timm_convnext_backbone_through_train_and_eval(tmp_path, capsys):
     """The default recipe (whose UniRepLKNet arch is then unused) with timm's ConvNeXt as the backbone."""
     out = tmp_path / "convnext"
     task_args = _args(test_scale=[64, 64], crop_size=[64, 64], ratio_range=[1.0, 1.0], beacons_samples=[8, 4, 6],
-                      backbone="convnext_atto")
+                      backbone="convnext_atto", backbone_kwargs={"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]})
     argv = ["train", "--task", "segmentation", "--batch-size", "4", "--no-progress", "--set", "threads=1",
             "--epochs", "1", "--limit-train-batches", "2", *task_args, "--output", str(out)]
     assert main(argv) == 0
@@ -50,9 +50,12 @@ def test_a_timm_convnext_backbone_through_train_and_eval(tmp_path, capsys):
     assert summary["model"] == "UPerNet on convnext_atto (timm)" and summary["deploy_max_abs_diff"] == 0
     meta = torch.load(out / "deploy.pt", weights_only=True)["meta"]
     assert meta["model"] == "upernet_timm" and meta["model_kwargs"]["timm_backbone"] == "convnext_atto"
+    assert meta["model_kwargs"]["timm_kwargs"]["dims"] == [8, 16, 24, 32]
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "deploy.pt")]) == 0
     assert json.loads(capsys.readouterr().out)["test_miou"] == pytest.approx(summary["test_miou"], abs=1e-6)
+    bad = _args(test_scale=[64, 64], crop_size=[64, 64], backbone="convnext_atto", backbone_kwargs={"widths": [8]})
+    _one_line(capsys, [*argv, *bad, "--overwrite"], "bad segmentation model settings", "widths")
 
 
 def _write_ade20k(root: Path, sizes: dict[str, list[tuple[int, int]]]) -> Path:

@@ -103,16 +103,18 @@ class OnBackbone:
 class TimmFeatures(nn.Module):
     """A timm model's four stride-4…32 maps (``features_only``), each through its own channels-first LayerNorm
     as :class:`UniRepLKNetFeatures` has (and ConvNeXt's dense-prediction backbones): (N, 3, H, W) -> list of
-    (N, dims[i], H/2^(i+2), W/2^(i+2)). The peer backbone of the dense heads; nothing to re-parameterize."""
+    (N, dims[i], H/2^(i+2), W/2^(i+2)). The peer backbone of the dense heads; nothing to re-parameterize.
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ConvNeXt's ``depths`` / ``dims`` to match a backbone)."""
 
     deploy = False
 
-    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
+    def __init__(self, name: str, pretrained: bool = False, drop_path_rate: float = 0.0,
+                 **model_kwargs: Any) -> None:
         import timm
 
         super().__init__()
         self.body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=(0, 1, 2, 3),
-                                      drop_path_rate=drop_path_rate)
+                                      drop_path_rate=drop_path_rate, **model_kwargs)
         if self.body.feature_info.reduction() != [4, 8, 16, 32]:
             raise ValueError(f"timm model {name!r} gives features at strides {self.body.feature_info.reduction()}; "
                              "the dense heads need 4, 8, 16, 32 (e.g. a ConvNeXt)")

@@ -302,14 +302,16 @@ def _builder(variant: str) -> Callable[..., UPerNet]:
 
 
 def upernet_timm(num_classes: int = 150, timm_backbone: str = "convnext_atto", pretrained_backbone: bool = False,
-                 drop_path_rate: float = 0.0, deploy: bool = False, **kwargs: Any) -> UPerNet:
-    """UPerNet on the timm model ``timm_backbone`` (any with stride-4…32 features, e.g. ``convnext_atto``):
-    the same heads on a peer backbone. ``kwargs`` go to :class:`UPerNet` (channels, aux_channels ...);
-    ``deploy`` is accepted and changes nothing (there is no branch to fold)."""
+                 drop_path_rate: float = 0.0, deploy: bool = False, timm_kwargs: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> UPerNet:
+    """UPerNet on the timm model ``timm_backbone`` (any with stride-4…32 features, e.g. ``convnext_atto``),
+    built with ``timm_kwargs`` (e.g. ``{"depths": [2, 2, 4, 2], "dims": [24, 48, 96, 192]}``): the same heads on
+    a peer backbone. ``kwargs`` go to :class:`UPerNet` (channels, aux_channels ...); ``deploy`` is accepted and
+    changes nothing (there is no branch to fold)."""
     if not isinstance(pretrained_backbone, bool):
         raise ValueError(f"a timm backbone takes pretrained_backbone=True|False, not {pretrained_backbone!r}")
-    return UPerNet(num_classes=num_classes, backbone=TimmFeatures(timm_backbone, pretrained_backbone,
-                                                                  drop_path_rate), **kwargs)
+    backbone = TimmFeatures(timm_backbone, pretrained_backbone, drop_path_rate, **dict(timm_kwargs or {}))
+    return UPerNet(num_classes=num_classes, backbone=backbone, **kwargs)
 
 
 #: ``upernet_unireplknet_{a,f,p,n,t,s,b,l,xl}`` -> builder(num_classes=150, pretrained_backbone=False, **kwargs);

@@ -163,6 +163,7 @@ class SegmentationArgs:
     photometric: bool = True
     hue_delta: int = 18
     backbone: str | None = None  # a timm model (e.g. convnext_atto) instead of the UniRepLKNet of `model`/`arch`
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # its timm.create_model settings (depths, dims)
     channels: int = 512  # UPerHead width
     aux_channels: int = 256  # auxiliary FCN head width (0: none)
     aux_weight: float = 0.4
@@ -245,6 +246,8 @@ class SegmentationTask(Task):
                 log.info("task_args.backbone=%s: the recipe's arch (UniRepLKNet depths/dims/kernels) is not used",
                          args.backbone)
             name, kwargs = "upernet_timm", {"timm_backbone": args.backbone, **heads}
+            if args.backbone_kwargs:
+                kwargs["timm_kwargs"] = dict(args.backbone_kwargs)
         else:
             size = (cfg.model or "unireplknet_a").removeprefix("upernet_").removeprefix("unireplknet_")
             name, kwargs = f"upernet_unireplknet_{size}", {**(cfg.arch or {}), **heads}
