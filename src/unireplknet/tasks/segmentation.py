@@ -251,7 +251,7 @@ class SegmentationTask(Task):
         else:
             size = (cfg.model or "unireplknet_a").removeprefix("upernet_").removeprefix("unireplknet_")
             name, kwargs = f"upernet_unireplknet_{size}", {**(cfg.arch or {}), **heads}
-            if name not in MODELS or name == "upernet_timm":
+            if name not in MODELS:
                 raise UserError(f"no segmenter for model {cfg.model!r}; choose a backbone of: "
                                 f"{', '.join(m.removeprefix('upernet_') for m in MODELS if m != 'upernet_timm')} "
                                 "(or model null + arch, or task_args.backbone=<timm model>)")
