@@ -73,3 +73,18 @@ def test_export_refuses_unsupported_opsets(tmp_path):
     with pytest.raises(UserError, match="opset 5 is not supported"):
         export_onnx(_tiny_convnet(), tmp_path / "m.onnx", input_size=(3, 8, 8), opset=5)
     assert not list(tmp_path.iterdir())
+
+
+def test_unireplknet_exports_its_blocks_channels_first(tmp_path):
+    """The FFN runs as 1×1 convolutions in the exported graph (no MatMul, no per-block Transpose), so ONNX
+    Runtime keeps the blocked NCHWc layout through a block; the output still matches PyTorch."""
+    import unireplknet
+
+    torch.manual_seed(0)
+    model = unireplknet.create_model("unireplknet_a", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64),
+                                     kernel_sizes=((3,), (13,), (13,), (3,)), num_classes=5)
+    unireplknet.reparameterize(model.eval())
+    out = export_onnx(model, tmp_path / "a.onnx", input_size=(3, 64, 64))
+    ops = onnx_op_types(out)
+    assert "MatMul" not in ops
+    assert verify_onnx(model, out, torch.randn(3, 3, 64, 64)) < 1e-5

@@ -61,6 +61,25 @@ def test_block_reparameterizes_exactly(kernel_size):
     assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in block.state_dict().items()}
 
 
+
+@pytest.mark.parametrize("kernel_size", [0, 3, 13])
+@pytest.mark.parametrize("deploy", [False, True])
+def test_channels_first_export_path_is_the_same_function(kernel_size, deploy):
+    """The ONNX export path (1×1 convs on NCHW) computes what the eager path does, both forms, float64."""
+    gen = torch.Generator().manual_seed(200 + kernel_size)
+    torch.manual_seed(kernel_size)
+    block = randomize_reparam_terms(UniRepLKNetBlock(8, kernel_size, layer_scale_init_value=1.0).double(), gen)
+    for p in block.parameters():
+        p.data.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    block.eval()
+    if deploy:
+        block.reparameterize()
+    x = torch.randn(2, 8, 13, 11, dtype=torch.float64, generator=gen)  # H·W > 4C: the folded per-sample path
+    small = torch.randn(2, 8, 3, 2, dtype=torch.float64, generator=gen)  # H·W < C: the map-scaling path
+    with torch.no_grad():
+        for inp in (x, small):
+            assert rel_error(block._channels_first_residual(inp), block._residual(inp)) < TOL
+
 @pytest.mark.parametrize("name", ["unireplknet_a", "unireplknet_t"])
 def test_whole_variant_reparameterizes_exactly(name):
     gen = torch.Generator().manual_seed(7)

@@ -104,9 +104,31 @@ class UniRepLKNetBlock(nn.Module):
             y = y * self.gamma.view(1, -1, 1, 1)
         return self.drop_path(y)
 
+    def _channels_first_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch with every op on (N, C, H, W): the FFN's Linears as 1×1 convolutions, the SE and
+        GRN factors as broadcast products. The ONNX export path: ONNX Runtime keeps such a chain in its blocked
+        channels-first (NCHWc) layout, where the (N, H, W, C) form costs a transpose and a layout change at
+        every block."""
+        y = self.norm(self.dwconv(x))
+        y = y * self.se.channel_weights(y)[:, :, None, None]
+        fc1, grn, fc2 = self.pwconv1[1], self.act[1], self.pwconv2[0]
+        h = F.gelu(F.conv2d(y, fc1.weight[:, :, None, None], fc1.bias))  # (N, 4C, H, W)
+        g = torch.linalg.vector_norm(h, ord=2, dim=(2, 3), keepdim=True)  # (N, 4C, 1, 1)
+        h = h * (grn.gamma.view(1, -1, 1, 1) * (g / (g.mean(dim=1, keepdim=True) + grn.eps)) + 1)
+        if grn.beta is not None:
+            h = h + grn.beta.view(1, -1, 1, 1)
+        y = F.conv2d(h, fc2.weight[:, :, None, None], fc2.bias)  # (N, C, H, W)
+        if len(self.pwconv2) > 2:
+            y = self.pwconv2[2](y)
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return self.drop_path(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles only this branch
             return x + self._plain_residual(x)
+        if torch.onnx.is_in_onnx_export():
+            return x + self._channels_first_residual(x)
         if self.with_cp and x.requires_grad and torch.is_grad_enabled():
             return x + checkpoint(self._residual, x, use_reentrant=False)
         return x + self._residual(x)
