@@ -19,28 +19,12 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import study_runs
 
 VARIANTS = {"unireplknet": [], "kernels3": ["--set", 'arch={"kernel_sizes": 3}'],
             "convnext_atto": ["--set", "task_args.backbone=convnext_atto"]}
-
-
-def train(out: Path, variant: str, seed: int, threads: int | None) -> Path:
-    """One training run (skipped when its summary exists); returns the run folder."""
-    run = out / f"{variant}-seed{seed}"
-    if not (run / "summary.json").is_file():
-        cmd = [sys.executable, "-m", "unireplknet", "train", "--task", "detection", "--seed", str(seed),
-               "--output", str(run), "--overwrite", "--no-progress", *VARIANTS[variant]]
-        if threads:
-            cmd += ["--set", f"threads={threads}"]
-        t0 = time.time()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        logging.info("%s seed %d done in %.0f s", variant, seed, time.time() - t0)
-    return run
 
 
 def shape_ap(run: Path) -> dict[str, float]:
@@ -70,20 +54,14 @@ def shape_ap(run: Path) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/detection_study"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the recipe's)")
+    study_runs.add_arguments(p, list(VARIANTS), "runs/detection_study")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    jobs = [(v, s) for s in args.seeds for v in args.variants]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: train(args.out, *job, args.threads), jobs))
+    results = study_runs.run_study("detection", VARIANTS, args)
     print("| backbone | seed | box AP | mask AP | box AP50 | shape box AP | shape mask AP | CPU s | wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows: dict[str, list[list[float]]] = {}
-    for (variant, seed), run in zip(jobs, runs):
+    for variant, seed, run in results:
         s = json.loads((run / "summary.json").read_text())
         shape = shape_ap(run)
         row = [s["test_bbox_ap"], s["test_segm_ap"], s["test_bbox_ap50"], shape["bbox_ap"], shape["segm_ap"]]

@@ -17,12 +17,10 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
+
+import study_runs
 
 RECIPE = json.loads(resources.files("unireplknet.configs").joinpath("segmentation_default.json").read_text())
 CONVNEXT_DIMS = [26, 52, 104, 208]  # ConvNeXt blocks have fewer weights than UniRepLKNet's at equal width
@@ -35,20 +33,6 @@ def variants() -> dict[str, list[str]]:
     task_args = dict(RECIPE["task_args"], **peer)
     return {"unireplknet": [], "kernels3": ["--set", f"arch={json.dumps(twin)}"],
             "convnext": ["--set", f"task_args={json.dumps(task_args)}"]}
-
-
-def train(out: Path, variant: str, seed: int, threads: int | None = None) -> Path:
-    """One training run (skipped when its summary exists); returns the run folder."""
-    run = out / f"{variant}-seed{seed}"
-    if not (run / "summary.json").is_file():
-        cmd = [sys.executable, "-m", "unireplknet", "train", "--task", "segmentation", "--seed", str(seed),
-               "--output", str(run), "--overwrite", "--no-progress", "--no-export", *variants()[variant]]
-        if threads:
-            cmd += ["--set", f"threads={threads}"]
-        t0 = time.time()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        logging.info("%s seed %d done in %.0f s", variant, seed, time.time() - t0)
-    return run
 
 
 def backbone_params(run: Path) -> int:
@@ -70,21 +54,17 @@ def per_class_iou(run: Path) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("runs/segmentation_study"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the recipe's, 2)")
+    study_runs.add_arguments(p, list(variants()), "runs/segmentation_study")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    jobs = [(v, s) for s in args.seeds for v in args.variants]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda job: train(args.out, *job, args.threads), jobs))
+    flags = {name: ["--no-export", *f] for name, f in variants().items()}
+    results = study_runs.run_study("segmentation", flags, args)
+    runs = [run for _, _, run in results]
     classes = list(per_class_iou(runs[0]))
     print("| backbone | backbone params | seed | test mIoU | mAcc | aAcc | " + " | ".join(classes) + " | wall s |")
     print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(classes) + "---:|")
     rows: dict[str, list[list[float]]] = {}
-    for (variant, seed), run in zip(jobs, runs):
+    for variant, seed, run in results:
         s = json.loads((run / "summary.json").read_text())
         iou = per_class_iou(run)
         row = [s["test_miou"], s["test_macc"], s["test_aacc"], *[iou.get(c, float("nan")) for c in classes]]
