@@ -166,3 +166,31 @@ def test_deploy_check_tells_near_tie_flips_from_real_ones() -> None:
     summary = check.summary()
     assert summary["deploy_same_labels"] is False and summary["deploy_tied_label_flips"] == 0
     assert summary["deploy_max_abs_diff"] == pytest.approx(100.0)
+
+
+def test_output_difference_pairs_detections_by_label_and_box_not_rank() -> None:
+    from unireplknet.engine.finalize import output_difference
+
+    gen = torch.Generator().manual_seed(3)
+    k = 6
+    boxes = torch.rand(k, 2, generator=gen, dtype=torch.float64) * 100
+    sizes = 5 + torch.rand(k, 2, generator=gen, dtype=torch.float64) * 20
+    det = {"boxes": torch.cat([boxes, boxes + sizes], dim=1),
+           "labels": torch.tensor([1, 4, 2, 1, 3, 4]),
+           "scores": torch.tensor([0.9, 0.8, 0.8, 0.5, 0.3, 0.1], dtype=torch.float64),
+           "masks": torch.rand(k, 1, 8, 8, generator=gen, dtype=torch.float64)}
+    noisy = {key: v + 1e-5 if v.is_floating_point() else v.clone() for key, v in det.items()}
+    swap = torch.tensor([0, 2, 1, 3, 4, 5])  # ranks 2 and 3 tie at 0.8 and come out swapped
+    swapped = {key: v[swap] for key, v in noisy.items()}
+    assert output_difference([det], [swapped]) < 1e-4  # the 1e-5 noise, seen through float32
+    # a real difference is still one: a label changed, a box moved, a detection missing
+    relabelled = dict(swapped, labels=swapped["labels"].clone())
+    relabelled["labels"][0] = 2
+    assert output_difference([det], [relabelled]) >= 1.0
+    moved = dict(swapped, boxes=swapped["boxes"].clone())
+    moved["boxes"][4] += 3.0
+    assert output_difference([det], [moved]) == pytest.approx(3.0, abs=1e-4)
+    fewer = {key: v[:5] for key, v in det.items()}
+    assert output_difference([det], [fewer]) == float("inf")
+    # plain tensors keep the positional comparison
+    assert output_difference([torch.ones(3)], [torch.zeros(3)]) == 1.0

@@ -40,9 +40,37 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(o)
 
 
+DETECTION_KEYS = ("boxes", "labels", "scores")
+
+
+def _match_detections(out: dict, ref: dict) -> dict | None:
+    """``ref``'s detections reordered to pair with ``out``'s (torchvision's per-image dicts: boxes (K, 4), labels
+    (K,), scores (K,), masks ...): each of ``out``'s, best score first, takes the closest unused box of ``ref``
+    with the same label. Two detections whose scores nearly tie can swap ranks between the training and the
+    deploy form; compared position by position they would look like a difference of a whole box. None when
+    the counts differ or some detection has no partner of its label."""
+    n = len(out["scores"])
+    if len(ref["scores"]) != n:
+        return None
+    order, used = [0] * n, set()
+    for i in torch.argsort(out["scores"], descending=True).tolist():
+        same = [j for j in range(n) if j not in used and int(ref["labels"][j]) == int(out["labels"][i])]
+        if not same:
+            return None
+        j = min(same, key=lambda j: float((ref["boxes"][j] - out["boxes"][i]).abs().max()))
+        order[i] = j
+        used.add(j)
+    index = torch.tensor(order, dtype=torch.long)
+    return {k: v[index] if isinstance(v, torch.Tensor) and len(v) == n else v for k, v in ref.items()}
+
+
 def output_difference(out: Any, ref: Any) -> float:
     """The largest absolute difference between two model outputs (tensors, or lists / dicts of them); infinite
-    when their structure or shapes differ (e.g. a detector keeping another number of boxes)."""
+    when their structure or shapes differ (e.g. a detector keeping another number of boxes). Detections
+    (dicts with boxes, labels and scores) are paired by label and box first, not by rank."""
+    if isinstance(out, (list, tuple)) and isinstance(ref, (list, tuple)) and len(out) == len(ref):
+        ref = [_match_detections(o, r) or r if isinstance(o, dict) and isinstance(r, dict)
+               and all(k in o and k in r for k in DETECTION_KEYS) else r for o, r in zip(out, ref)]
     pairs = list(zip(_tensors(out), _tensors(ref)))
     if len(pairs) != len(list(_tensors(out))) or len(pairs) != len(list(_tensors(ref))):
         return math.inf
