@@ -192,5 +192,16 @@ def test_output_difference_pairs_detections_by_label_and_box_not_rank() -> None:
     assert output_difference([det], [moved]) == pytest.approx(3.0, abs=1e-4)
     fewer = {key: v[:5] for key, v in det.items()}
     assert output_difference([det], [fewer]) == float("inf")
+    # thresholded (boolean) masks: a pixel flipping at the threshold is counted, not a difference of 1.0
+    from unireplknet.engine.finalize import DeployCheck, mask_disagreement
+
+    binary = dict(det, masks=det["masks"] > 0.5)
+    flipped = dict(swapped, masks=swapped["masks"] > 0.5)
+    flipped["masks"][1, 0, 3, 4] = ~flipped["masks"][1, 0, 3, 4]
+    assert output_difference([binary], [flipped]) < 1e-4
+    assert mask_disagreement([binary], [flipped]) == (1, k * 64)
+    check = DeployCheck(_Fixed([binary]), _Fixed([flipped]), labels=False)
+    check(torch.zeros(1))
+    assert check.summary()["deploy_mask_pixel_agreement"] == pytest.approx(1 - 1 / (k * 64))
     # plain tensors keep the positional comparison
     assert output_difference([torch.ones(3)], [torch.zeros(3)]) == 1.0

@@ -64,13 +64,22 @@ def _match_detections(out: dict, ref: dict) -> dict | None:
     return {k: v[index] if isinstance(v, torch.Tensor) and len(v) == n else v for k, v in ref.items()}
 
 
+def _paired(out: Any, ref: Any) -> Any:
+    """``ref`` with each per-image detection dict reordered to pair with ``out``'s (:func:`_match_detections`);
+    anything else unchanged."""
+    if isinstance(out, (list, tuple)) and isinstance(ref, (list, tuple)) and len(out) == len(ref):
+        return [_match_detections(o, r) or r if isinstance(o, dict) and isinstance(r, dict)
+                and all(k in o and k in r for k in DETECTION_KEYS) else r for o, r in zip(out, ref)]
+    return ref
+
+
 def output_difference(out: Any, ref: Any) -> float:
     """The largest absolute difference between two model outputs (tensors, or lists / dicts of them); infinite
     when their structure or shapes differ (e.g. a detector keeping another number of boxes). Detections
-    (dicts with boxes, labels and scores) are paired by label and box first, not by rank."""
-    if isinstance(out, (list, tuple)) and isinstance(ref, (list, tuple)) and len(out) == len(ref):
-        ref = [_match_detections(o, r) or r if isinstance(o, dict) and isinstance(r, dict)
-               and all(k in o and k in r for k in DETECTION_KEYS) else r for o, r in zip(out, ref)]
+    (dicts with boxes, labels and scores) are paired by label and box first, not by rank. Boolean tensors (a
+    detector's thresholded masks) are left out: they differ by whole pixels where a probability sits at the
+    threshold, which :func:`mask_disagreement` counts instead."""
+    ref = _paired(out, ref)
     pairs = list(zip(_tensors(out), _tensors(ref)))
     if len(pairs) != len(list(_tensors(out))) or len(pairs) != len(list(_tensors(ref))):
         return math.inf
@@ -78,14 +87,24 @@ def output_difference(out: Any, ref: Any) -> float:
     for a, b in pairs:
         if a.shape != b.shape:
             return math.inf
-        if a.numel():
+        if a.numel() and a.dtype != torch.bool:
             diff = max(diff, float((a.float() - b.float()).abs().max()))
     return diff
 
 
+def mask_disagreement(out: Any, ref: Any) -> tuple[int, int]:
+    """(pixels that differ, pixels compared) over the boolean tensors of two outputs, detections paired first."""
+    differ = total = 0
+    for a, b in zip(_tensors(out), _tensors(_paired(out, ref))):
+        if a.dtype == torch.bool and b.dtype == torch.bool and a.shape == b.shape:
+            differ, total = differ + int((a != b).sum()), total + a.numel()
+    return differ, total
+
+
 class DeployCheck(nn.Module):
     """Runs the training form and the deploy form on every batch and returns the training form's output, keeping
-    the largest output difference and, for class scores on dim 1, how many predicted labels agree.
+    the largest output difference, the share of binary mask pixels that agree (detectors) and, for class scores
+    on dim 1, how many predicted labels agree.
 
     A label that flips where the training form's two best scores lie within ``TIE`` of each other (a near-tie
     that float rounding decides, common over the many pixels of a segmentation) is counted apart from a real flip;
@@ -97,10 +116,13 @@ class DeployCheck(nn.Module):
         super().__init__()
         self.model, self.deploy, self.labels = model, deploy, labels
         self.max_diff, self.agree, self.tied, self.total = 0.0, 0, 0, 0
+        self.mask_differ, self.mask_total = 0, 0
 
     def forward(self, *args: Any) -> Any:
         out, ref = self.model(*args), self.deploy(*args)
         self.max_diff = max(self.max_diff, output_difference(out, ref))
+        differ, total = mask_disagreement(out, ref)
+        self.mask_differ, self.mask_total = self.mask_differ + differ, self.mask_total + total
         for a, b in zip(_tensors(out), _tensors(ref)):
             if self.labels and a.is_floating_point() and a.dim() >= 2 and a.shape == b.shape:
                 ours, theirs = a.argmax(1), b.argmax(1)
@@ -113,6 +135,8 @@ class DeployCheck(nn.Module):
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"deploy_max_abs_diff": self.max_diff}
+        if self.mask_total:
+            out["deploy_mask_pixel_agreement"] = 1 - self.mask_differ / self.mask_total
         if self.labels:
             agreement = self.agree / max(self.total, 1)
             real_flips = self.total - self.agree - self.tied
