@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
-SEG_PEER = {"backbone": "convnext_atto", "backbone_kwargs": {"depths": [2, 2, 4, 2], "dims": [26, 52, 104, 208]}}
+from segmentation_study import CONVNEXT_DIMS, RECIPE
+
+SEG_PEER = {"backbone": "convnext_atto",
+            "backbone_kwargs": {"depths": RECIPE["arch"]["depths"], "dims": CONVNEXT_DIMS}}  # the study's peer
 DET_PEER = {"backbone": "convnext_atto"}
 
 

@@ -52,12 +52,13 @@ def _match_detections(out: dict, ref: dict) -> dict | None:
     n = len(out["scores"])
     if len(ref["scores"]) != n:
         return None
+    dist = (out["boxes"][:, None].float() - ref["boxes"][None].float()).abs().amax(-1) if n else None  # (K, K)
     order, used = [0] * n, set()
     for i in torch.argsort(out["scores"], descending=True).tolist():
         same = [j for j in range(n) if j not in used and int(ref["labels"][j]) == int(out["labels"][i])]
         if not same:
             return None
-        j = min(same, key=lambda j: float((ref["boxes"][j] - out["boxes"][i]).abs().max()))
+        j = min(same, key=lambda j: float(dist[i, j]))
         order[i] = j
         used.add(j)
     index = torch.tensor(order, dtype=torch.long)
@@ -79,7 +80,15 @@ def output_difference(out: Any, ref: Any) -> float:
     (dicts with boxes, labels and scores) are paired by label and box first, not by rank. Boolean tensors (a
     detector's thresholded masks) are left out: they differ by whole pixels where a probability sits at the
     threshold, which :func:`mask_disagreement` counts instead."""
-    ref = _paired(out, ref)
+    return _largest_difference(out, _paired(out, ref))
+
+
+def mask_disagreement(out: Any, ref: Any) -> tuple[int, int]:
+    """(pixels that differ, pixels compared) over the boolean tensors of two outputs, detections paired first."""
+    return _mask_counts(out, _paired(out, ref))
+
+
+def _largest_difference(out: Any, ref: Any) -> float:
     pairs = list(zip(_tensors(out), _tensors(ref)))
     if len(pairs) != len(list(_tensors(out))) or len(pairs) != len(list(_tensors(ref))):
         return math.inf
@@ -92,10 +101,9 @@ def output_difference(out: Any, ref: Any) -> float:
     return diff
 
 
-def mask_disagreement(out: Any, ref: Any) -> tuple[int, int]:
-    """(pixels that differ, pixels compared) over the boolean tensors of two outputs, detections paired first."""
+def _mask_counts(out: Any, ref: Any) -> tuple[int, int]:
     differ = total = 0
-    for a, b in zip(_tensors(out), _tensors(_paired(out, ref))):
+    for a, b in zip(_tensors(out), _tensors(ref)):
         if a.dtype == torch.bool and b.dtype == torch.bool and a.shape == b.shape:
             differ, total = differ + int((a != b).sum()), total + a.numel()
     return differ, total
@@ -120,8 +128,9 @@ class DeployCheck(nn.Module):
 
     def forward(self, *args: Any) -> Any:
         out, ref = self.model(*args), self.deploy(*args)
-        self.max_diff = max(self.max_diff, output_difference(out, ref))
-        differ, total = mask_disagreement(out, ref)
+        paired = _paired(out, ref)  # detections paired once for both measures
+        self.max_diff = max(self.max_diff, _largest_difference(out, paired))
+        differ, total = _mask_counts(out, paired)
         self.mask_differ, self.mask_total = self.mask_differ + differ, self.mask_total + total
         for a, b in zip(_tensors(out), _tensors(ref)):
             if self.labels and a.is_floating_point() and a.dim() >= 2 and a.shape == b.shape:

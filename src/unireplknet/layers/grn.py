@@ -20,9 +20,11 @@ class GRN(nn.Module):
         n_, h, w, c = x.shape
         # L2 norm over H and W, on the (N, H·W, C) view: one reduction over a single strided dimension runs
         # several times faster on CPU than the same reduction over two dimensions or a square-then-sum.
-        g = torch.linalg.vector_norm(x.reshape(n_, h * w, c), ord=2, dim=1)
-        n = g / (g.mean(dim=-1, keepdim=True) + self.eps)
-        return self.gamma.view(1, -1) * n + 1
+        return self.scale_from_norms(torch.linalg.vector_norm(x.reshape(n_, h * w, c), ord=2, dim=1))
+
+    def scale_from_norms(self, g: torch.Tensor) -> torch.Tensor:
+        """The per-channel L2 norms over H and W, ``g`` (N, C) -> the factor ``gamma * N + 1`` (N, C)."""
+        return self.gamma.view(1, -1) * (g / (g.mean(dim=-1, keepdim=True) + self.eps)) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x * self.channel_scale(x)[:, None, None, :]

@@ -113,8 +113,7 @@ class UniRepLKNetBlock(nn.Module):
         y = y * self.se.channel_weights(y)[:, :, None, None]
         fc1, grn, fc2 = self.pwconv1[1], self.act[1], self.pwconv2[0]
         h = F.gelu(F.conv2d(y, fc1.weight[:, :, None, None], fc1.bias))  # (N, 4C, H, W)
-        g = torch.linalg.vector_norm(h, ord=2, dim=(2, 3), keepdim=True)  # (N, 4C, 1, 1)
-        h = h * (grn.gamma.view(1, -1, 1, 1) * (g / (g.mean(dim=1, keepdim=True) + grn.eps)) + 1)
+        h = h * grn.scale_from_norms(torch.linalg.vector_norm(h, ord=2, dim=(2, 3)))[:, :, None, None]
         if grn.beta is not None:
             h = h + grn.beta.view(1, -1, 1, 1)
         y = F.conv2d(h, fc2.weight[:, :, None, None], fc2.bias)  # (N, C, H, W)
