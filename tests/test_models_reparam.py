@@ -24,6 +24,28 @@ def test_dilated_kernel_equals_dilated_conv(r, k):
     assert rel_error(plain, dilated) < TOL
 
 
+@pytest.mark.parametrize("kernel_size", [7, 13, 17])
+def test_training_step_same_on_fast_cpu_path_and_official_conv2d(kernel_size):
+    """The training form (batch statistics) with the CPU op's dilated backward against backend "torch" (plain
+    F.conv2d, the official path): output and every gradient agree in float64 (< 1e-10), channels-last input."""
+    gen = torch.Generator().manual_seed(kernel_size)
+    fast = DilatedReparamBlock(5, kernel_size, backend="cpu").double().train()
+    plain = DilatedReparamBlock(5, kernel_size, backend="torch").double().train()
+    plain.load_state_dict(fast.state_dict())
+    h, w = torch.randint(5, 30, (2,), generator=gen).tolist()
+    x = torch.randn(2, 5, h, w, dtype=torch.float64, generator=gen).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 5, h, w, dtype=torch.float64, generator=gen)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [block(xi) for block, xi in zip((fast, plain), xs)]
+    assert "Dilated" in type(fast.dil_branches[1][0](xs[0]).grad_fn).__name__
+    for out in outs:
+        out.backward(g)
+    assert rel_error(outs[0], outs[1]) < TOL
+    assert rel_error(xs[0].grad, xs[1].grad) < TOL
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert rel_error(a.grad, b.grad) < TOL, name
+
+
 @pytest.mark.parametrize("kernel_size", [5, 7, 9, 11, 13, 15, 17])
 def test_dilated_reparam_block_merges_exactly(kernel_size):
     gen = torch.Generator().manual_seed(kernel_size)

@@ -15,7 +15,16 @@ import torch.nn.functional as F
 from tests.conftest import dwconv_reference as _ref
 from tests.conftest import rel_error
 from unireplknet.ops import ENV_VAR, DepthwiseConv2d, dispatch, dwconv2d
-from unireplknet.ops.cpu import MAX_FAST_NCHW_WIDTH, column_blocks, dwconv2d_cpu, weight_grad_gemm
+from unireplknet.ops.cpu import (
+    MAX_FAST_NCHW_WIDTH,
+    _taps_are_faster,
+    column_blocks,
+    dilated_dwconv2d_cpu,
+    dwconv2d_cpu,
+    is_channels_last,
+    weight_grad_gemm,
+    weight_grad_taps,
+)
 
 KS = [3, 5, 7, 9, 13, 17, 31, 51]
 
@@ -135,6 +144,65 @@ def test_weight_grad_gemm_matches_float64(K: int) -> None:
     wd = torch.zeros(C, 1, K, K, dtype=torch.float64, requires_grad=True)
     F.conv2d(x.double(), wd, padding=K // 2, groups=C).backward(g.double())
     torch.testing.assert_close(weight_grad_gemm(x, g, K).double(), wd.grad, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k,r", [(3, 2), (3, 5), (5, 3), (7, 2), (5, 1)])
+def test_cpu_dilated_matches_float64(k: int, r: int, layout: str) -> None:
+    """dwconv2d(dilation=r) on the CPU backend: forward and every gradient at float64 accuracy (rel ≤ 1e-12)
+    against F.conv2d on random shapes, maps both smaller and larger than the dilated kernel's reach, so that
+    both weight-gradient routes (per-tap sums and oneDNN's) run; the output keeps x's memory format."""
+    gen = torch.Generator().manual_seed(100 * k + r + len(layout))
+    routes = set()
+    for _ in range(3):
+        N, C, H, W = (int(torch.randint(1, 3, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen)),
+                      *(int(v) for v in torch.randint(2, 3 * r * k, (2,), generator=gen)))
+        routes.add(_taps_are_faster(k, r, H, W))
+        x = _layout(torch.randn(N, C, H, W, dtype=torch.float64, generator=gen), layout).requires_grad_()
+        w = torch.randn(C, 1, k, k, dtype=torch.float64, generator=gen, requires_grad=True)
+        b = torch.randn(C, dtype=torch.float64, generator=gen, requires_grad=True)
+        g = torch.randn(N, C, H, W, dtype=torch.float64, generator=gen) + 1 / 3
+        y = dwconv2d(x, w, b, backend="cpu", dilation=r)
+        assert ("Dilated" in type(y.grad_fn).__name__) == (r > 1)
+        assert is_channels_last(y) == is_channels_last(x)
+        y.backward(g)
+        xd, wd, bd = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        ref = F.conv2d(xd, wd, bd, padding=r * (k // 2), dilation=r, groups=C)
+        ref.backward(g)
+        for got, want in ((y, ref), (x.grad, xd.grad), (w.grad, wd.grad), (b.grad, bd.grad)):
+            assert got.dtype == torch.float64
+            assert rel_error(got, want) <= 1e-12
+
+
+def test_cpu_dilated_gradcheck_float64() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 9, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: dilated_dwconv2d_cpu(*a, dilation=3), (x, w, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("k,r", [(3, 1), (3, 4), (5, 2), (7, 3)])
+def test_weight_grad_taps_matches_float64(k: int, r: int) -> None:
+    """Float32 in, float32 sums: within 1e-4 relative of the float64 weight gradient."""
+    gen = torch.Generator().manual_seed(k * r)
+    H, W = (int(v) for v in torch.randint(1, 30, (2,), generator=gen))
+    x = torch.randn(3, 4, H, W, generator=gen)
+    g = torch.randn(3, 4, H, W, generator=gen)
+    wd = torch.zeros(4, 1, k, k, dtype=torch.float64, requires_grad=True)
+    F.conv2d(x.double(), wd, padding=r * (k // 2), dilation=r, groups=4).backward(g.double())
+    got = weight_grad_taps(x, g, k, r)
+    assert got.dtype == torch.float32
+    assert rel_error(got.double(), wd.grad) <= 1e-5
+
+
+def test_dilated_torch_backend_and_tracing_stay_plain_conv2d() -> None:
+    """backend="torch" (the official path) and no-grad calls keep F.conv2d's own autograd node."""
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    w = torch.randn(2, 1, 3, 3, requires_grad=True)
+    assert "Dilated" not in type(dwconv2d(x, w, backend="torch", dilation=2).grad_fn).__name__
+    with torch.no_grad():
+        assert dwconv2d(x, w, backend="cpu", dilation=2).grad_fn is None
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 2e-2)])

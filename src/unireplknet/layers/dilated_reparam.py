@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from unireplknet.layers.reparam import dilate_kernel, fuse_bn, pad_kernel
-from unireplknet.ops import DepthwiseConv2d
+from unireplknet.ops import DepthwiseConv2d, dwconv2d
 
 #: Parallel dilated branches per large kernel size K: (kernel sizes k, dilation rates r), as in the
 #: official checkpoints. Each satisfies (k - 1) * r + 1 <= K.
@@ -50,18 +50,38 @@ def _load_official_keys(module: DilatedReparamBlock, state: dict[str, Any], pref
     _rename_keys(state, prefix, {v: k for k, v in module.branch_key_names().items()})
 
 
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """A branch's depthwise k×k conv with dilation r, 'same' zero padding, no bias: (N, C, H, W) -> same.
+
+    An ``nn.Conv2d`` (same parameter, same state-dict key ``weight``) whose forward goes through ``dwconv2d``,
+    so on CPU its backward is the fast one of ops/cpu.py (oneDNN's dilated depthwise backward is 5–40× slower
+    than its forward); ``backend="torch"`` keeps plain F.conv2d.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilation: int, backend: str = "auto") -> None:
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
+                         dilation=dilation, groups=channels, bias=False)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch: the plain convolution
+            return self._conv_forward(x, self.weight, self.bias)
+        return dwconv2d(x, self.weight, None, backend=self.backend, dilation=self.dilation[0])
+
+
 class DilatedReparamBlock(nn.Module):
     """A depthwise K×K conv + BN, plus parallel dilated depthwise k×k convs (dilation r) + BN, summed.
 
-    (N, C, H, W) -> (N, C, H, W). ``reparameterize()`` merges every branch and BatchNorm into one
-    K×K depthwise conv with bias (``lk_origin``), exactly. The branches live in ``dil_branches`` (a ModuleList of
-    (conv, BN) pairs, so TorchScript and FX can loop over them); state dicts keep the official key names
+    (N, C, H, W) -> (N, C, H, W); ``backend`` is the depthwise convs' (ops/dispatch.py). ``reparameterize()``
+    merges every branch and BatchNorm into one K×K depthwise conv with bias (``lk_origin``), exactly. The
+    branches live in ``dil_branches`` (a ModuleList of (conv, BN) pairs, so TorchScript and FX can loop over
+    them); state dicts keep the official key names
     ``lk_origin``, ``origin_bn``, ``dil_conv_k{k}_{r}``, ``dil_bn_k{k}_{r}`` (renamed by state-dict hooks).
     """
 
     def __init__(self, channels: int, kernel_size: int, deploy: bool = False, use_sync_bn: bool = False,
                  branch_kernel_sizes: tuple[int, ...] | None = None,
-                 branch_dilations: tuple[int, ...] | None = None) -> None:
+                 branch_dilations: tuple[int, ...] | None = None, backend: str = "auto") -> None:
         super().__init__()
         if branch_kernel_sizes is None and branch_dilations is None:
             if kernel_size not in DILATED_BRANCHES:
@@ -79,11 +99,10 @@ class DilatedReparamBlock(nn.Module):
         self.kernel_size = kernel_size
         self.branches = tuple(zip(branch_kernel_sizes, branch_dilations))
         self.deploy = deploy
-        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy)
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy, backend=backend)
         self.origin_bn = nn.Identity() if deploy else _batch_norm(channels, use_sync_bn)
         self.dil_branches = nn.ModuleList() if deploy else nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, k, padding=(r * (k - 1) + 1) // 2, dilation=r,
-                                    groups=channels, bias=False), _batch_norm(channels, use_sync_bn))
+            nn.Sequential(DilatedDepthwiseConv2d(channels, k, r, backend=backend), _batch_norm(channels, use_sync_bn))
             for k, r in self.branches)
         self.register_state_dict_post_hook(_save_official_keys)
         self.register_load_state_dict_pre_hook(_load_official_keys)

@@ -12,9 +12,9 @@ timm names a model's module after its entry point's module: the entry points and
 to ``unireplknet.models.unireplknet`` (the architecture's module, as timm's own models are laid out), so the
 module is ``unireplknet`` (``timm.list_models(module='unireplknet')``).
 
-FX (timm's tracers): the depthwise conv module chooses its backend at run time and stays a leaf; so does DropPath
-(random mask); ``scaled_linear`` and ``gelu_inplace_inference`` take shape- and autograd-dependent paths and stay
-leaf functions.
+FX (timm's tracers): the depthwise conv modules (plain and dilated) choose their backend at run time and stay
+leaves; so does DropPath (random mask); ``scaled_linear`` and ``gelu_inplace_inference`` take shape- and
+autograd-dependent paths and stay leaf functions.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from timm.models import (
 from torch import nn
 
 from unireplknet.layers import DropPath, scaled_linear
+from unireplknet.layers.dilated_reparam import DilatedDepthwiseConv2d
 from unireplknet.models import unireplknet as architecture
 from unireplknet.models.checkpoint import extract_state_dict
 from unireplknet.models.pretrained import CHECKPOINT_FILES, TAG_ORDER, pretrained_cfg
@@ -39,7 +40,7 @@ from unireplknet.models.registry import build_variant, reparameterize
 from unireplknet.models.variants import VARIANTS
 from unireplknet.ops import DepthwiseConv2d
 
-for _leaf in (DepthwiseConv2d, DropPath):
+for _leaf in (DepthwiseConv2d, DilatedDepthwiseConv2d, DropPath):
     register_notrace_module(_leaf)
 for _fn in (scaled_linear, architecture.gelu_inplace_inference):
     register_notrace_function(_fn)

@@ -57,8 +57,8 @@ class UniRepLKNetBlock(nn.Module):
         if kernel_size == 0:
             self.dwconv: nn.Module = nn.Identity()
         elif uses_dilated_reparam(kernel_size):
-            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy, use_sync_bn=use_sync_bn)
-            self.dwconv.lk_origin.backend = backend
+            self.dwconv = DilatedReparamBlock(dim, kernel_size, deploy=deploy, use_sync_bn=use_sync_bn,
+                                              backend=backend)
         else:
             self.dwconv = DepthwiseConv2d(dim, kernel_size, bias=deploy, backend=backend)
         if deploy or kernel_size == 0:

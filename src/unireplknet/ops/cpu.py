@@ -14,6 +14,12 @@ No wasted FLOPs, no layout conversion, and autograd comes from the F.conv2d call
 Channels-last input goes straight to oneDNN's NHWC kernel, except for the kernel sizes in
 ``SLOW_NHWC_K`` (K = 13: that kernel runs ~3× slower per FLOP than K = 11 or 15 on this CPU), whose weights
 are zero-padded by one on each side (K + 2, padding + 1: same result, 1.33× the FLOPs, ~2.5× faster).
+
+Dilated kernels (the Dilated Reparam Block's training-form branches, §3.2.2) keep oneDNN's forward, which is
+fast, but not its backward: for a dilated depthwise conv oneDNN's input gradient runs 5–40× slower than the
+forward it mirrors (K = 7, r = 2 on 8×80×28×28: 8.2 ms against 0.3 ms, 1 thread), so the input gradient is
+that forward with the flipped kernel, and the weight gradient is one product-and-sum per tap where oneDNN's is
+slow (k = 3, or a kernel that spans the map: 11 ms against 1.5 ms at K = 7, r = 2 on 7×7 maps).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["GEMM_WGRAD_MIN_K", "GEMM_WGRAD_MIN_K_NHWC", "MAX_FAST_NCHW_WIDTH", "SLOW_NHWC_K", "column_blocks",
-           "dwconv2d_cpu", "is_channels_last", "weight_grad_gemm"]
+           "dilated_dwconv2d_cpu", "dwconv2d_cpu", "is_channels_last", "weight_grad_gemm", "weight_grad_taps"]
 
 #: widest kernel (columns) that oneDNN's NCHW depthwise kernel runs without falling off the cliff.
 MAX_FAST_NCHW_WIDTH = 13
@@ -157,4 +163,81 @@ def weight_grad_gemm(x: torch.Tensor, grad_out: torch.Tensor, K: int) -> torch.T
         d = torch.bmm(gt, xs[:, i:i + N * Hp])  # (C, W, Wp)
         diag = d.as_strided((C, W, K), (W * Wp, Wp + 1, 1))
         out[:, i] = diag.sum(dim=1, dtype=out.dtype)
+    return out.unsqueeze(1)
+
+
+def dilated_dwconv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         dilation: int = 2) -> torch.Tensor:
+    """Depthwise 'same' conv with dilation r on CPU: oneDNN's forward, our backward.
+
+    x (N, C, H, W) any memory format, weight (C, 1, k, k) with odd k, bias (C,) or None -> (N, C, H, W),
+    zero padding r·(k // 2). The value is F.conv2d's; with autograd the input gradient is the same forward
+    with the flipped kernel and the weight gradient ``weight_grad_taps`` where oneDNN's is slow.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _CpuDilatedDepthwiseConv2d.apply(x, weight, bias, dilation)
+    return _dilated_forward(x, weight, bias, dilation)
+
+
+def _dilated_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     dilation: int) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation,
+                    groups=weight.shape[0])
+
+
+def _taps_are_faster(k: int, dilation: int, H: int, W: int) -> bool:
+    """Where ``weight_grad_taps`` beats oneDNN's dilated depthwise weight gradient (measured, 1 thread)."""
+    return k <= 3 or (k - 1) * dilation >= min(H, W)
+
+
+class _CpuDilatedDepthwiseConv2d(torch.autograd.Function):
+    """y = x ⋆_r w + b (dilation r) on CPU with our backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                dilation: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.dilation = dilation
+        return _dilated_forward(x, weight, bias, dilation)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        r, k = ctx.dilation, weight.shape[-1]
+        gx = gw = gb = None
+        if is_channels_last(x) and not is_channels_last(grad_out):
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        if ctx.needs_input_grad[0]:
+            gx = _dilated_forward(grad_out, weight.flip(-1, -2), None, r)
+        if ctx.needs_input_grad[1]:
+            if _taps_are_faster(k, r, x.shape[-2], x.shape[-1]):
+                gw = weight_grad_taps(x, grad_out, k, r).to(weight.dtype)
+            else:
+                pad = r * (k // 2)
+                gw = torch.ops.aten.convolution_backward(
+                    grad_out, x, weight, None, [1, 1], [pad, pad], [r, r], False, [0, 0], weight.shape[0],
+                    [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            acc = torch.promote_types(grad_out.dtype, torch.float32)
+            gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
+        return gx, gw, gb, None
+
+
+def weight_grad_taps(x: torch.Tensor, grad_out: torch.Tensor, k: int, dilation: int = 1) -> torch.Tensor:
+    """dW (C, 1, k, k) = Σ_{n,h,w} grad_out[n,c,h,w] · x_pad[n,c,h+r·i,w+r·j], one product and sum per tap.
+
+    x, grad_out (N, C, H, W); x_pad is x zero-padded by r·(k // 2). Sums in float32 at least.
+    """
+    H, W = x.shape[-2:]
+    pad = dilation * (k // 2)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    acc = torch.promote_types(x.dtype, torch.float32)
+    out = torch.empty((x.shape[1], k, k), dtype=acc, device=x.device)
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, :, i * dilation:i * dilation + H, j * dilation:j * dilation + W]
+            out[:, i, j] = (grad_out * window).sum(dim=(0, 2, 3), dtype=acc)
     return out.unsqueeze(1)

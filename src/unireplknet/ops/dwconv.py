@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unireplknet.ops import dispatch
-from unireplknet.ops.cpu import dwconv2d_cpu
+from unireplknet.ops.cpu import dilated_dwconv2d_cpu, dwconv2d_cpu
 from unireplknet.ops.reference import dwconv2d_torch
 
 __all__ = ["DepthwiseConv2d", "dwconv2d"]
@@ -63,8 +63,9 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
 
     x (N, C, H, W) in any memory format, weight (C, 1, K, K), bias (C,) or None -> (N, C, H, W) (same format
     as x for the fast backends). float32/float16/bfloat16 (float64 too: reference and Triton).
-    ``backend``: "auto" | "torch" | "cpu" | "triton" (see ops/dispatch.py). A non-default stride, dilation,
-    padding or a non-square kernel is passed to F.conv2d (default padding = dilation·(K//2), 'same').
+    ``backend``: "auto" | "torch" | "cpu" | "triton" (see ops/dispatch.py). A non-default stride or padding or
+    a non-square kernel is passed to F.conv2d (default padding = dilation·(K//2), 'same'); a square dilation
+    takes the CPU backend's backward (ops/cpu.py) where that backend is chosen, F.conv2d otherwise.
     """
     dispatch.check_backend_name(backend)
     if weight.dim() != 4:
@@ -78,8 +79,13 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
     x, weight, bias = _autocast(x, weight, bias)
     _validate(x, weight, bias)
-    if kh != kw or stride != (1, 1) or dilation != (1, 1) or pad != same or x.dtype not in _FAST_DTYPES:
+    if kh != kw or stride != (1, 1) or pad != same or x.dtype not in _FAST_DTYPES \
+            or dilation[0] != dilation[1]:
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
+    if dilation != (1, 1):  # the Dilated Reparam Block's branches: only the CPU path has its own backward
+        if dispatch.resolve_backend(x, kh, backend) == "cpu":
+            return dilated_dwconv2d_cpu(x, weight, bias, dilation[0])
+        return F.conv2d(x, weight, bias, padding=pad, dilation=dilation, groups=C)
     chosen = dispatch.resolve_backend(x, kh, backend)
     if chosen == "cpu":
         return dwconv2d_cpu(x, weight, bias, wide_nchw=dispatch.CPU_NCHW_STRATEGY)
