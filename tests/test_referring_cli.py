@@ -134,7 +134,8 @@ def test_refer_vos_layout_and_its_mistakes(tmp_path, capsys):
 
 
 def test_hugging_face_text_encoder_by_name(tmp_path, monkeypatch, capsys):
-    """task_args.text_encoder names any Hugging Face model (here a tiny random BERT in a local folder)."""
+    """--text-encoder (= task_args.text_encoder) names any Hugging Face model (here a tiny random BERT in a local
+    folder); on a task without a text encoder the flag is a one-line error."""
     pytest.importorskip("transformers")
     from tests.test_referring_model import write_tiny_bert
 
@@ -142,7 +143,7 @@ def test_hugging_face_text_encoder_by_name(tmp_path, monkeypatch, capsys):
     bert = write_tiny_bert(tmp_path / "tiny-bert")
     out = tmp_path / "run"
     assert main(["train", "--task", "referring", "--output", str(out), *TINY, "--set", *SHAPES,
-                 "--set", f"task_args.text_encoder={bert}", "--set", "task_args.max_len=12"]) == 0
+                 "--text-encoder", str(bert), "--set", "task_args.max_len=12"]) == 0
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     code, report, err = run_cli(capsys, ["eval", "--checkpoint", str(out / "deploy.pt")])
@@ -150,6 +151,8 @@ def test_hugging_face_text_encoder_by_name(tmp_path, monkeypatch, capsys):
     assert json.loads(report)["test_jf"] == pytest.approx(summary["test_jf"], abs=1e-4)
     _one_line(*run_cli(capsys, ["train", "--task", "referring", "--output", str(tmp_path / "y"), *TINY, "--set",
                                 *SHAPES, "--set", f"task_args.text_encoder={tmp_path / 'nope'}"])[::2], "nope")
+    _one_line(*run_cli(capsys, ["train", "--task", "forecast", "--output", str(tmp_path / "z"),
+                                "--text-encoder", str(bert)])[::2], "text_encoder")
 
 
 def test_crafted_builder_meta_is_one_line(capsys, tmp_path):

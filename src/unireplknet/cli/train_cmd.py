@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (VALUE parsed as JSON when it can be; task_args.NAME=VALUE sets "
                         "one task setting), repeatable")
+    g.add_argument("--text-encoder", metavar="NAME",
+                   help="--task referring: 'words' (a small transformer from scratch, default) or any Hugging "
+                        "Face text model by name or folder (extra: text); = --set task_args.text_encoder=NAME")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--no-export", dest="export_onnx", action="store_false", default=None,
                    help="skip the ONNX export at the end")
@@ -111,6 +114,8 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from the flags that were given (unset flags are absent)."""
     out = _parse_set(getattr(args, "set", []) or [])
+    if getattr(args, "text_encoder", None) is not None:
+        out.setdefault("task_args.", {})["text_encoder"] = args.text_encoder
     out.update({key: getattr(args, key) for key in _FIELD_FLAGS if getattr(args, key, None) is not None})
     return out
 
