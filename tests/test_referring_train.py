@@ -1,5 +1,5 @@
 """The acceptance run of `unireplknet train --task referring` (slow): the default recipe reaches J&F >= 70 on the
-held-out colour-shape pairs within 20 minutes on the 2-core CPU (one thread)."""
+held-out colour-shape pairs within 20 minutes on the 2-core CPU (two threads, as the recipe says)."""
 
 from __future__ import annotations
 
