@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,12 @@ class DigitsDataset(Dataset):
 
     def __init__(self, split: str, transform: Callable | None = None, size: int = 32,
                  in_chans: int = 3) -> None:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        state = random.getstate()  # importing scikit-learn the first time draws from Python's global `random`:
+        try:  # keep the run's seeded stream the same whether or not it was imported before (resume in-process)
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+        finally:
+            random.setstate(state)
 
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
