@@ -302,13 +302,60 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch: pytest.
 
 
 def test_compiling_tracing_and_export_route_to_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export and tracing get F.conv2d; compiling keeps the CPU op (as custom ops) but not Triton."""
     x = torch.randn(1, 2, 5, 5)
     monkeypatch.setenv(ENV_VAR, "cpu")
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert dispatch.resolve_backend(x, 31, "triton") == "torch"
+    assert dispatch.resolve_backend(x, 31, "cpu") == "cpu"
+    assert dispatch.resolve_backend(x, 31, "auto") == "cpu"
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
     assert dispatch.resolve_backend(x, 31, "cpu") == "torch"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k,r", [(13, 1), (3, 1), (7, 2), (3, 5)])
+def test_compiled_cpu_custom_ops_pass_opcheck(k: int, r: int, layout: str) -> None:
+    """torch.library's own checks of the custom ops: schema, fake (shape-only) kernels, autograd registration."""
+    from unireplknet.ops import compiled_cpu
+
+    gen = torch.Generator().manual_seed(k + r)
+    x = _layout(torch.randn(2, 3, 9, 8, dtype=torch.float64, generator=gen), layout).requires_grad_()
+    w = torch.randn(3, 1, k, k, dtype=torch.float64, generator=gen, requires_grad=True)
+    torch.library.opcheck(compiled_cpu._conv, (x, w, r, "channels_last"))
+    g = torch.randn(2, 3, 9, 8, dtype=torch.float64, generator=gen)
+    torch.library.opcheck(compiled_cpu._weight_grad, (x.detach(), g, w.detach(), r))
+
+
+@pytest.mark.skipif(os.environ.get("UNIREPLKNET_SKIP_COMPILE") == "1", reason="compile tests disabled")
+def test_compiled_training_step_calls_our_ops_and_matches_float64() -> None:
+    """torch.compile of a Dilated Reparam Block's training step: one graph holding our custom ops (forward), and
+    (through AOTAutograd) output and every gradient equal to eager F.conv2d in float64 (rel < 1e-10)."""
+    from unireplknet.layers import DilatedReparamBlock
+
+    gen = torch.Generator().manual_seed(5)
+    fast = DilatedReparamBlock(4, 13, backend="cpu").double().train()
+    plain = DilatedReparamBlock(4, 13, backend="torch").double().train()
+    plain.load_state_dict(fast.state_dict())
+    targets: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, inputs: list) -> object:
+        targets.extend(str(n.target) for n in gm.graph.nodes)
+        return gm.forward
+
+    x = torch.randn(2, 4, 15, 11, dtype=torch.float64, generator=gen).contiguous(memory_format=torch.channels_last)
+    torch.compile(fast, backend=record, fullgraph=True)(x)
+    assert sum("unireplknet.dwconv2d_cpu" in t for t in targets) == 6  # the 13×13 conv and five branches
+    torch._dynamo.reset()
+    g = torch.randn(2, 4, 15, 11, dtype=torch.float64, generator=gen)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [torch.compile(fast, backend="aot_eager", fullgraph=True)(xs[0]), plain(xs[1])]
+    for out in outs:
+        out.backward(g)
+    assert rel_error(outs[0], outs[1]) < 1e-10 and rel_error(xs[0].grad, xs[1].grad) < 1e-10
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert rel_error(a.grad, b.grad) < 1e-10, name
 
 
 def test_jit_trace_records_a_single_convolution() -> None:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["GEMM_WGRAD_MIN_K", "GEMM_WGRAD_MIN_K_NHWC", "MAX_FAST_NCHW_WIDTH", "SLOW_NHWC_K", "column_blocks",
-           "dilated_dwconv2d_cpu", "dwconv2d_cpu", "is_channels_last", "weight_grad_gemm", "weight_grad_taps"]
+           "dilated_dwconv2d_cpu", "dwconv2d_cpu", "is_channels_last", "weight_grad", "weight_grad_gemm",
+           "weight_grad_taps"]
 
 #: widest kernel (columns) that oneDNN's NCHW depthwise kernel runs without falling off the cliff.
 MAX_FAST_NCHW_WIDTH = 13
@@ -107,7 +108,7 @@ class _CpuDepthwiseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _forward(grad_out, weight.flip(-1, -2), None, *ctx.opts)
         if ctx.needs_input_grad[1]:
-            gw = weight_grad_gemm(x, grad_out, weight.shape[-1]).to(weight.dtype)
+            gw = weight_grad(x, grad_out, weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             acc = torch.promote_types(grad_out.dtype, torch.float32)  # fp32 sums; fp64 stays fp64
             gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
@@ -206,24 +207,36 @@ class _CpuDilatedDepthwiseConv2d(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        r, k = ctx.dilation, weight.shape[-1]
+        r = ctx.dilation
         gx = gw = gb = None
         if is_channels_last(x) and not is_channels_last(grad_out):
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
             gx = _dilated_forward(grad_out, weight.flip(-1, -2), None, r)
         if ctx.needs_input_grad[1]:
-            if _taps_are_faster(k, r, x.shape[-2], x.shape[-1]):
-                gw = weight_grad_taps(x, grad_out, k, r).to(weight.dtype)
-            else:
-                pad = r * (k // 2)
-                gw = torch.ops.aten.convolution_backward(
-                    grad_out, x, weight, None, [1, 1], [pad, pad], [r, r], False, [0, 0], weight.shape[0],
-                    [False, True, False])[1]
+            gw = weight_grad(x, grad_out, weight, r)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             acc = torch.promote_types(grad_out.dtype, torch.float32)
             gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
         return gx, gw, gb, None
+
+
+def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """dW (C, 1, k, k) of the 'same' depthwise conv with dilation r, by the route measured fastest for it.
+
+    ``weight_grad_gemm`` for r = 1 from GEMM_WGRAD_MIN_K (NCHW) / GEMM_WGRAD_MIN_K_NHWC (channels-last),
+    ``weight_grad_taps`` for a dilated kernel where it beats oneDNN, oneDNN's weight-only backward otherwise.
+    """
+    k = weight.shape[-1]
+    H, W = x.shape[-2:]
+    if dilation == 1 and k >= (GEMM_WGRAD_MIN_K_NHWC if is_channels_last(x) else GEMM_WGRAD_MIN_K):
+        return weight_grad_gemm(x, grad_out, k).to(weight.dtype)
+    if dilation > 1 and _taps_are_faster(k, dilation, H, W):
+        return weight_grad_taps(x, grad_out, k, dilation).to(weight.dtype)
+    pad = dilation * (k // 2)
+    return torch.ops.aten.convolution_backward(
+        grad_out, x, weight, None, [1, 1], [pad, pad], [dilation, dilation], False, [0, 0], weight.shape[0],
+        [False, True, False])[1]
 
 
 def weight_grad_taps(x: torch.Tensor, grad_out: torch.Tensor, k: int, dilation: int = 1) -> torch.Tensor:

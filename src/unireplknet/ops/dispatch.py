@@ -3,8 +3,9 @@
 Backends: ``"torch"`` (F.conv2d, the reference), ``"cpu"`` (ops/cpu.py, CPU tensors), ``"triton"``
 (ops/triton_kernels.py; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 ``UNIREPLKNET_DWCONV_BACKEND`` (auto|torch|triton|cpu) replaces ``backend="auto"`` so tests and users can
-force one. Under torch.compile, ONNX export or tracing every call goes to F.conv2d (no graph break,
-exportable).
+force one. Under ONNX export or tracing every call goes to F.conv2d (one exportable node). Under torch.compile
+a CPU call that resolves to "cpu" goes to the op's ``torch.library`` custom ops (ops/compiled_cpu.py: no graph
+break, and the compiled backward is ours); anything else to F.conv2d.
 
 The crossover table ("auto"; numbers from benchmarks/dwconv_table1.py, see docs/benchmarks.md):
 
@@ -28,7 +29,8 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "CPU_NCHW_STRATEGY", "ENV_VAR", "GPU_MIN_K", "resolve_backend", "routed_to_reference"]
+__all__ = ["BACKENDS", "CPU_NCHW_STRATEGY", "ENV_VAR", "GPU_MIN_K", "compiling", "resolve_backend",
+           "routed_to_reference"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,14 @@ def tracing() -> bool:
     return bool(torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
+def compiling() -> bool:
+    """True while dynamo traces a graph for torch.compile."""
+    return bool(hasattr(torch, "compiler") and torch.compiler.is_compiling())
+
+
 def routed_to_reference() -> bool:
-    """True under torch.compile, ONNX export, or JIT tracing/scripting: use plain F.conv2d."""
+    """True under ONNX export or JIT tracing/scripting: use plain F.conv2d."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    if hasattr(torch, "compiler") and torch.compiler.is_compiling():
         return True
     return bool(torch.onnx.is_in_onnx_export())
 
@@ -96,7 +101,10 @@ def resolve_backend(x: torch.Tensor, K: int, backend: str = "auto") -> str:
                              f"{', '.join(BACKENDS)}")
         backend = env
     if backend == "auto":
-        return _auto(x, K)
+        chosen = _auto(x, K)
+        return "torch" if compiling() and chosen == "triton" else chosen
+    if compiling() and backend == "triton":  # the Triton autograd Function is not traced by dynamo
+        return "torch"
     if backend == "cpu" and x.device.type != "cpu":
         raise ValueError(f"dwconv backend 'cpu' needs CPU tensors, got device {x.device}; "
                          "use 'auto' or 'triton'")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unireplknet.ops import dispatch
+from unireplknet.ops.compiled_cpu import dwconv2d_cpu_compiled
 from unireplknet.ops.cpu import dilated_dwconv2d_cpu, dwconv2d_cpu
 from unireplknet.ops.reference import dwconv2d_torch
 
@@ -82,11 +83,13 @@ def dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     if kh != kw or stride != (1, 1) or pad != same or x.dtype not in _FAST_DTYPES \
             or dilation[0] != dilation[1]:
         return F.conv2d(x, weight, bias, stride=stride, padding=pad, dilation=dilation, groups=C)
+    chosen = dispatch.resolve_backend(x, kh, backend)
+    if chosen == "cpu" and dispatch.compiling():
+        return dwconv2d_cpu_compiled(x, weight, bias, dilation[0], dispatch.CPU_NCHW_STRATEGY)
     if dilation != (1, 1):  # the Dilated Reparam Block's branches: only the CPU path has its own backward
-        if dispatch.resolve_backend(x, kh, backend) == "cpu":
+        if chosen == "cpu":
             return dilated_dwconv2d_cpu(x, weight, bias, dilation[0])
         return F.conv2d(x, weight, bias, padding=pad, dilation=dilation, groups=C)
-    chosen = dispatch.resolve_backend(x, kh, backend)
     if chosen == "cpu":
         return dwconv2d_cpu(x, weight, bias, wide_nchw=dispatch.CPU_NCHW_STRATEGY)
     if chosen == "triton":
