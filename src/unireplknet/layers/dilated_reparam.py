@@ -54,7 +54,7 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     """A branch's depthwise k×k conv with dilation r, 'same' zero padding, no bias: (N, C, H, W) -> same.
 
     An ``nn.Conv2d`` (same parameter, same state-dict key ``weight``) whose forward goes through ``dwconv2d``,
-    so on CPU its backward is the fast one of ops/cpu.py (oneDNN's dilated depthwise backward is 5–40× slower
+    so on CPU its backward is the fast one of ops/cpu.py (oneDNN's dilated depthwise backward is 9–17× slower
     than its forward); ``backend="torch"`` keeps plain F.conv2d.
     """
 

@@ -16,10 +16,11 @@ Channels-last input goes straight to oneDNN's NHWC kernel, except for the kernel
 are zero-padded by one on each side (K + 2, padding + 1: same result, 1.33× the FLOPs, ~2.5× faster).
 
 Dilated kernels (the Dilated Reparam Block's training-form branches, §3.2.2) keep oneDNN's forward, which is
-fast, but not its backward: for a dilated depthwise conv oneDNN's input gradient runs 5–40× slower than the
-forward it mirrors (K = 7, r = 2 on 8×80×28×28: 8.2 ms against 0.3 ms, 1 thread), so the input gradient is
+fast, but not its backward: for a dilated depthwise conv oneDNN's input gradient runs 9–17× slower than the
+forward it mirrors (K = 7, r = 2 on 8×80×28×28: 3.45 ms against 0.30 ms, 1 thread), so the input gradient is
 that forward with the flipped kernel, and the weight gradient is one product-and-sum per tap where oneDNN's is
-slow (k = 3, or a kernel that spans the map: 11 ms against 1.5 ms at K = 7, r = 2 on 7×7 maps).
+slow (k = 3, or a kernel that spans the map: 7.5 ms against 1.4 ms at K = 7, r = 2 on 7×7 maps;
+benchmarks/dilated_branch_backward.py).
 """
 
 from __future__ import annotations
