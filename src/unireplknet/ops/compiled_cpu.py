@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unireplknet.ops.cpu import _dilated_forward, _forward, is_channels_last, weight_grad
+from unireplknet.ops.cpu import is_channels_last, same_conv, weight_grad
 
 __all__ = ["dwconv2d_cpu_compiled"]
 
@@ -26,11 +26,7 @@ def _format(x: Tensor) -> torch.memory_format:
 
 @torch.library.custom_op("unireplknet::dwconv2d_cpu", mutates_args=(), device_types="cpu")
 def _conv(x: Tensor, weight: Tensor, dilation: int, nchw_strategy: str) -> Tensor:
-    if dilation == 1:
-        out = _forward(x, weight, None, "auto", nchw_strategy)
-    else:
-        out = _dilated_forward(x, weight, None, dilation)
-    return out.contiguous(memory_format=_format(x))
+    return same_conv(x, weight, None, "auto", nchw_strategy, dilation).contiguous(memory_format=_format(x))
 
 
 @_conv.register_fake

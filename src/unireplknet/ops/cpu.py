@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 __all__ = ["GEMM_WGRAD_MIN_K", "GEMM_WGRAD_MIN_K_NHWC", "MAX_FAST_NCHW_WIDTH", "SLOW_NHWC_K", "column_blocks",
-           "dilated_dwconv2d_cpu", "dwconv2d_cpu", "is_channels_last", "weight_grad", "weight_grad_gemm",
-           "weight_grad_taps"]
+           "dilated_dwconv2d_cpu", "dwconv2d_cpu", "is_channels_last", "same_conv", "weight_grad",
+           "weight_grad_gemm", "weight_grad_taps"]
 
 #: widest kernel (columns) that oneDNN's NCHW depthwise kernel runs without falling off the cliff.
 MAX_FAST_NCHW_WIDTH = 13
@@ -80,24 +80,27 @@ def dwconv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     if strategy not in ("auto", "split", "channels_last", "direct"):
         raise ValueError(f"unknown CPU strategy {strategy!r}; use 'auto', 'split', 'channels_last', 'direct'")
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                              or (bias is not None and bias.requires_grad))
     min_k = GEMM_WGRAD_MIN_K_NHWC if is_channels_last(x) else GEMM_WGRAD_MIN_K
-    if needs_grad and weight.shape[-1] >= min_k:
-        return _CpuDepthwiseConv2d.apply(x, weight, bias, strategy, wide_nchw)
+    if _needs_grad(x, weight, bias) and weight.shape[-1] >= min_k:
+        return _CpuDepthwiseConv2d.apply(x, weight, bias, strategy, wide_nchw, 1)
     return _forward(x, weight, bias, strategy, wide_nchw)
 
 
+def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+
+
 class _CpuDepthwiseConv2d(torch.autograd.Function):
-    """y = x ⋆ w + b on CPU with our backward (x (N, C, H, W), w (C, 1, K, K), b (C,) or None)."""
+    """y = x ⋆_r w + b on CPU with our backward (x (N, C, H, W), w (C, 1, K, K), b (C,) or None, dilation r)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, strategy: str,
-                wide_nchw: str) -> torch.Tensor:
+                wide_nchw: str, dilation: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        ctx.opts = (strategy, wide_nchw)
-        return _forward(x, weight, bias, strategy, wide_nchw)
+        ctx.opts = (strategy, wide_nchw, dilation)
+        return same_conv(x, weight, bias, strategy, wide_nchw, dilation)
 
     @staticmethod
     @once_differentiable
@@ -107,13 +110,22 @@ class _CpuDepthwiseConv2d(torch.autograd.Function):
         if is_channels_last(x) and not is_channels_last(grad_out):  # e.g. an expanded grad from .sum()
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
-            gx = _forward(grad_out, weight.flip(-1, -2), None, *ctx.opts)
+            gx = same_conv(grad_out, weight.flip(-1, -2), None, *ctx.opts)
         if ctx.needs_input_grad[1]:
-            gw = weight_grad(x, grad_out, weight)
+            gw = weight_grad(x, grad_out, weight, ctx.opts[2])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             acc = torch.promote_types(grad_out.dtype, torch.float32)  # fp32 sums; fp64 stays fp64
             gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
+
+
+def same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, strategy: str, wide_nchw: str,
+              dilation: int) -> torch.Tensor:
+    """The value (no autograd of ours): ``_forward``'s strategies for r = 1, oneDNN's dilated forward otherwise."""
+    if dilation == 1:
+        return _forward(x, weight, bias, strategy, wide_nchw)
+    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation,
+                    groups=weight.shape[0])
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, strategy: str,
@@ -176,50 +188,14 @@ def dilated_dwconv2d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     zero padding r·(k // 2). The value is F.conv2d's; with autograd the input gradient is the same forward
     with the flipped kernel and the weight gradient ``weight_grad_taps`` where oneDNN's is slow.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return _CpuDilatedDepthwiseConv2d.apply(x, weight, bias, dilation)
-    return _dilated_forward(x, weight, bias, dilation)
-
-
-def _dilated_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     dilation: int) -> torch.Tensor:
-    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation,
-                    groups=weight.shape[0])
+    if _needs_grad(x, weight, bias):
+        return _CpuDepthwiseConv2d.apply(x, weight, bias, "direct", "split", dilation)
+    return same_conv(x, weight, bias, "direct", "split", dilation)
 
 
 def _taps_are_faster(k: int, dilation: int, H: int, W: int) -> bool:
     """Where ``weight_grad_taps`` beats oneDNN's dilated depthwise weight gradient (measured, 1 thread)."""
     return k <= 3 or (k - 1) * dilation >= min(H, W)
-
-
-class _CpuDilatedDepthwiseConv2d(torch.autograd.Function):
-    """y = x ⋆_r w + b (dilation r) on CPU with our backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                dilation: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        ctx.dilation = dilation
-        return _dilated_forward(x, weight, bias, dilation)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        r = ctx.dilation
-        gx = gw = gb = None
-        if is_channels_last(x) and not is_channels_last(grad_out):
-            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        if ctx.needs_input_grad[0]:
-            gx = _dilated_forward(grad_out, weight.flip(-1, -2), None, r)
-        if ctx.needs_input_grad[1]:
-            gw = weight_grad(x, grad_out, weight, r)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            acc = torch.promote_types(grad_out.dtype, torch.float32)
-            gb = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(grad_out.dtype)
-        return gx, gw, gb, None
 
 
 def weight_grad(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
