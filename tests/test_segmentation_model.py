@@ -104,6 +104,43 @@ def test_segmentation_loss_matches_masked_cross_entropy_and_weights_aux():
     assert empty.item() == 0.0 and z.grad is not None
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ohem_counts_exactly_the_hard_pixels_of_the_main_head(seed):
+    """OHEM (MMSegmentation's OHEMPixelSampler semantics) against a float64 reference written per pixel: the
+    main head's CE averages over pixels whose true-class probability is below max(thresh, the min_kept-th
+    smallest probability); ignored pixels never count; the auxiliary head keeps every labelled pixel."""
+    gen = torch.Generator().manual_seed(seed)
+    n, k, h, w = 2, 4, int(torch.randint(5, 12, (1,), generator=gen)), int(torch.randint(5, 12, (1,), generator=gen))
+    logits = torch.randn(n, k, h, w, dtype=torch.float64, generator=gen) * 3
+    aux = torch.randn(n, k, h, w, dtype=torch.float64, generator=gen)
+    target = torch.randint(0, k, (n, h, w), generator=gen)
+    target[1, 0] = 255
+    thresh, min_kept = 0.6, 7
+
+    keep = target != 255
+    p_true = logits.softmax(1).permute(0, 2, 3, 1)[keep].gather(1, target[keep][:, None]).squeeze(1)
+    ranked = sorted(p_true.tolist())
+    cutoff = max(thresh, ranked[min(min_kept * n, len(ranked) - 1)])
+    hard = p_true < cutoff
+    logp = logits.log_softmax(1).permute(0, 2, 3, 1)[keep].gather(1, target[keep][:, None]).squeeze(1)
+    logp_aux = aux.log_softmax(1).permute(0, 2, 3, 1)[keep].gather(1, target[keep][:, None]).squeeze(1)
+    expected = -logp[hard].mean() - 0.4 * logp_aux.mean()
+
+    loss = SegmentationLoss(ohem_thresh=thresh, ohem_min_kept=min_kept)((logits, aux), target)
+    assert hard.sum() >= min_kept * n  # the floor holds
+    assert abs(loss.item() - expected.item()) <= 1e-12 * abs(expected.item())
+
+
+def test_ohem_keeps_at_least_min_kept_pixels_when_every_pixel_is_easy():
+    target = torch.randint(0, 3, (2, 6, 6), generator=torch.Generator().manual_seed(0))
+    logits = F.one_hot(target, 3).permute(0, 3, 1, 2).double() * 20  # every pixel right with p ~ 1
+    logits = logits + torch.rand(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z = logits.clone().requires_grad_()
+    SegmentationLoss(ohem_thresh=0.7, ohem_min_kept=5)(z, target).backward()
+    counted = (z.grad.abs().sum(1) > 0).sum().item()
+    assert counted == 2 * 5  # the 10 least confident pixels, not none and not all 72
+
+
 def test_builders_cover_every_size_a_to_xl():
     sizes = {k: v for k, v in MODELS.items() if k != "upernet_timm"}  # the peer-backbone builder is tested apart
     assert sorted(sizes) == sorted(f"upernet_{n}" for n in VARIANTS if n != "unireplknet_h")

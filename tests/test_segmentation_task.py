@@ -222,3 +222,26 @@ def test_default_recipe_reaches_miou_75_within_15_minutes(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_miou"] >= 75, summary["test_miou"]
     assert minutes <= 15, minutes
+
+
+def test_ohem_task_args_train_and_bad_values_are_one_line_errors(tmp_path, capsys):
+    """`task_args.ohem_thresh` switches the main head's loss to hard pixels only; a value outside (0, 1] is a
+    one-line error naming the setting."""
+    argv = ["train", *TINY, *_args(test_scale=[64, 64], crop_size=[64, 64], ratio_range=[1.0, 1.0],
+                                    beacons_samples=[8, 4, 4], ohem_thresh=0.7, ohem_min_kept=50),
+            "--no-export", "--output", str(tmp_path / "ohem")]
+    assert main(argv) == 0
+    from unireplknet.engine.config import load_config
+    from unireplknet.models.segmentation import SegmentationLoss
+    from unireplknet.tasks.segmentation import SegmentationTask
+
+    cfg = load_config(str(tmp_path / "ohem" / "config.json"))
+    task = SegmentationTask()
+    criterion = task.criterion(cfg, task.parse_args(cfg.task_args), None)
+    logits = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    target = torch.randint(0, 5, (2, 8, 8), generator=torch.Generator().manual_seed(1))
+    got = criterion(lambda _: logits, None, target)
+    assert torch.equal(got, SegmentationLoss(ohem_thresh=0.7, ohem_min_kept=50)(logits, target))
+    assert not torch.equal(got, SegmentationLoss()(logits, target))
+    bad = [*argv[:-2], *_args(ohem_thresh=1.5), "--output", str(tmp_path / "bad")]
+    _one_line(capsys, bad, "ohem_thresh")

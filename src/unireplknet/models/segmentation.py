@@ -168,26 +168,47 @@ class SegmentationLoss(nn.Module):
 
     ``outputs``: logits (N, K, H, W) or ``(logits, aux_logits)``; ``target``: (N, H, W) int64.
     A batch without a single labelled pixel gives a zero loss that still reaches every logit.
+
+    ``ohem_thresh`` turns on online hard example mining for the main head (MMSegmentation's
+    ``OHEMPixelSampler`` semantics): only pixels whose predicted probability of their true class is below
+    ``max(ohem_thresh, p_k)`` count, where ``p_k`` is the ``ohem_min_kept × N``-th smallest such probability,
+    so at least that many pixels always count. The auxiliary head keeps plain cross-entropy.
     """
 
-    def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, aux_weight: float = 0.4, ignore_index: int = IGNORE_INDEX,
+                 ohem_thresh: float | None = None, ohem_min_kept: int = 100_000) -> None:
         super().__init__()
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
 
-    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor, hard_only: bool = False) -> torch.Tensor:
         if not (target != self.ignore_index).any():
             return logits.sum() * 0.0
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
+        if hard_only and self.ohem_thresh is not None:
+            target = self._hard_pixels(logits, target)
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+
+    @torch.no_grad()
+    def _hard_pixels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target`` with every labelled pixel that is not hard set to ``ignore_index`` (N, H, W)."""
+        valid = target != self.ignore_index
+        safe = target.masked_fill(~valid, 0)
+        p_true = logits.softmax(dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)  # (N, H, W)
+        p_valid = p_true[valid]
+        kept = min(self.ohem_min_kept * target.shape[0], p_valid.numel() - 1)
+        cutoff = max(float(self.ohem_thresh), float(p_valid.kthvalue(kept + 1).values))
+        return target.masked_fill(valid & (p_true >= cutoff), self.ignore_index)
 
     def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
                 target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, torch.Tensor):
-            return self._ce(outputs, target)
+            return self._ce(outputs, target, hard_only=True)
         logits, aux = outputs
-        return self._ce(logits, target) + self.aux_weight * self._ce(aux, target)
+        return self._ce(logits, target, hard_only=True) + self.aux_weight * self._ce(aux, target)
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------

@@ -167,6 +167,8 @@ class SegmentationArgs:
     channels: int = 512  # UPerHead width
     aux_channels: int = 256  # auxiliary FCN head width (0: none)
     aux_weight: float = 0.4
+    ohem_thresh: float | None = None  # main head: online hard example mining (None: every labelled pixel)
+    ohem_min_kept: int = 100_000  # OHEM: at least this many pixels per image count
     beacons_size: int = 64  # built-in set: image side
     beacons_samples: list[int] = field(default_factory=lambda: [4000, 300, 300])  # train, val, test
     overlay_alpha: float = 0.5  # predict: weight of the class colour in the overlay
@@ -181,7 +183,9 @@ class SegmentationArgs:
                (self.channels >= 1 and self.aux_channels >= 0 and self.aux_weight >= 0, "head sizes must be positive"),
                (self.beacons_size >= 32 and len(self.beacons_samples) == 3 and min(self.beacons_samples) >= 1,
                 "beacons_size >= 32; beacons_samples is [train, val, test], each >= 1"),
-               (0 <= self.overlay_alpha <= 1, "overlay_alpha must be in [0, 1]")])
+               (0 <= self.overlay_alpha <= 1, "overlay_alpha must be in [0, 1]"),
+               (self.ohem_thresh is None or (0 < self.ohem_thresh <= 1 and self.ohem_min_kept >= 1),
+                "ohem_thresh must be null or in (0, 1], and ohem_min_kept >= 1")])
 
     def inference_settings(self) -> dict[str, Any]:
         """Keyword arguments of :class:`Segmenter` for ``inference``."""
@@ -279,10 +283,12 @@ class SegmentationTask(Task):
         return f"UPerNet on {f'{args.backbone} (timm)' if args.backbone else super().model_label(cfg)}"
 
     def criterion(self, cfg: TrainConfig, args: SegmentationArgs, data: TaskData) -> Criterion:
-        """Cross-entropy over labelled pixels (255 ignored): main 1.0 + auxiliary ``aux_weight``."""
+        """Cross-entropy over labelled pixels (255 ignored): main 1.0 (hard pixels only with ``ohem_thresh``)
+        + auxiliary ``aux_weight``."""
         from unireplknet.models.segmentation import SegmentationLoss
 
-        return outputs_criterion(SegmentationLoss(args.aux_weight))
+        return outputs_criterion(SegmentationLoss(args.aux_weight, ohem_thresh=args.ohem_thresh,
+                                                  ohem_min_kept=args.ohem_min_kept))
 
     def evaluate(self, model: nn.Module, loader: Any, ctx: EvalContext) -> dict[str, Any]:
         """mIoU, mAcc, aAcc (percent) of the dataset's test-time inference over the images seen."""
