@@ -5,7 +5,8 @@ profile with torch.profiler; ``ort`` profiles ONNX Runtime (ORT_ENABLE_ALL) on t
 writes and also lists the node types of the graph before and after ORT's optimizations. Self times go to parts: by
 the module an op runs in (forward hooks open a profiler range per module) and, for UniRepLKNet's functional block
 code and ORT nodes, by the op itself; a backward op goes to the part of the forward op that made it (the autograd
-sequence number). ``compile`` is grouped by kernel (inductor's fused kernels are one part).
+sequence number). ``compile`` is grouped by kernel (each of inductor's generated kernels is profiled under its
+name, ``cpp_fused_<ops>``, and kernels of the same name are one part).
 
     python benchmarks/cpu_profile.py --models unireplknet_a:deploy convnext_atto --modes eager ort --batch 8
     python benchmarks/cpu_profile.py --models unireplknet_a convnext_atto --modes train
@@ -203,6 +204,9 @@ def main() -> None:
             else:
                 model.eval()
                 if mode == "compile":
+                    import torch._inductor.config as inductor_config
+
+                    inductor_config.cpp.enable_kernel_profile = True  # each generated kernel gets its own range
                     model = torch.compile(model)
                 else:
                     add_scopes(model)
