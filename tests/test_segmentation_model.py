@@ -139,6 +139,11 @@ def test_ohem_keeps_at_least_min_kept_pixels_when_every_pixel_is_easy():
     SegmentationLoss(ohem_thresh=0.7, ohem_min_kept=5)(z, target).backward()
     counted = (z.grad.abs().sum(1) > 0).sum().item()
     assert counted == 2 * 5  # the 10 least confident pixels, not none and not all 72
+    # Saturated: every true-class probability is exactly 1.0 in float32, so no pixel is below the cutoff.
+    certain = (F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 200).requires_grad_()
+    loss = SegmentationLoss(ohem_thresh=0.7, ohem_min_kept=5)(certain, target)
+    loss.backward()
+    assert loss.item() == 0.0 and certain.grad is not None and not certain.grad.isnan().any()
 
 
 def test_builders_cover_every_size_a_to_xl():

@@ -184,12 +184,12 @@ class SegmentationLoss(nn.Module):
         self.ohem_min_kept = ohem_min_kept
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor, hard_only: bool = False) -> torch.Tensor:
-        if not (target != self.ignore_index).any():
-            return logits.sum() * 0.0
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        if hard_only and self.ohem_thresh is not None:
+        if hard_only and self.ohem_thresh is not None and (target != self.ignore_index).any():
             target = self._hard_pixels(logits, target)
+        if not (target != self.ignore_index).any():  # nothing labelled, or (OHEM) every pixel certain
+            return logits.sum() * 0.0
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
 
     @torch.no_grad()
