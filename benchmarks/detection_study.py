@@ -33,22 +33,22 @@ def shape_ap(run: Path) -> dict[str, float]:
 
     from unireplknet.data.coco import CocoDetection
     from unireplknet.data.datasets import cache_dir
-    from unireplknet.data.synth_detection import SHAPES, synth_coco_root
+    from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES, synth_coco_root
     from unireplknet.models import build_model_from_checkpoint
-    from unireplknet.tasks.detection import coco_evaluate, coco_results, predict_detections
+    from unireplknet.tasks.detection import DetectionTask, coco_evaluate, coco_results, predict_detections
 
     torch.set_num_threads(1)
     config = json.loads((run / "config.json").read_text())
-    task_args = config["task_args"]
-    test = CocoDetection(synth_coco_root(cache_dir(), task_args.get("scene_size", 128),
-                                         task_args.get("scene_train_images", 1200)), "test")
+    args = DetectionTask().parse_args(config["task_args"])  # the run's settings, defaults filled in
+    test = CocoDetection(synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images,
+                                         args.scene_marker == "class"), "test")
     model, _ = build_model_from_checkpoint(run / "deploy.pt")
     detections = predict_detections(model, test)
-    shape_of = {c: (c - 1) % len(SHAPES) + 1 for c in test.cat_ids}
+    shape_of = {c: (c - 1) % len(SHAPES) + 1 for c in range(1, len(CLASS_NAMES) + 1)}  # marker classes: not scored
     gt = dict(test.coco, categories=[dict(id=i + 1, name=s) for i, s in enumerate(SHAPES)],
               annotations=[dict(a, category_id=shape_of[a["category_id"]]) for a in test.coco["annotations"]])
     results = [dict(r, category_id=shape_of[r["category_id"]])
-               for r in coco_results(detections, test.image_ids, test.label_to_cat_id)]
+               for r in coco_results(detections, test.image_ids, test.label_to_cat_id) if r["category_id"] in shape_of]
     return {k: v for k, v in coco_evaluate(gt, results).items() if k in ("bbox_ap", "segm_ap")}
 
 

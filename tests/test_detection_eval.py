@@ -170,3 +170,38 @@ def test_untrained_model_end_to_end_on_coco_fixture(tmp_path):
     metrics = evaluate_detections(ds, dets)
     assert set(metrics) == {f"{t}_{m}" for t in ("bbox", "segm") for m in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
     assert all(-1 <= v <= 100 for v in metrics.values())
+
+
+def test_label_marker_annotates_the_glyph_in_training_only_and_is_not_scored(tmp_path):
+    """`task_args.scene_marker=class`: train instances gain the marker (category 7 for mode a, 8 for b); val/test
+    list the 8 categories but no marker, so box AP (a mean over categories with ground truth) is unchanged by any
+    marker detection."""
+    from unireplknet.data.synth_detection import MARKER_NAMES
+
+    for i in range(10):
+        img, objs = make_scene(np.random.default_rng([2, 0, i]), 96)
+        img2, objs2 = make_scene(np.random.default_rng([2, 0, i]), 96, with_marker=True)
+        assert np.array_equal(img, img2) and len(objs2) == len(objs) + 1
+        cat, marker = objs2[-1]
+        assert all(np.array_equal(m, m2) for (_, m), (_, m2) in zip(objs, objs2))
+        if objs:
+            assert cat == 7 + (objs[0][0] - 1) // len(SHAPES)  # the marker's class names the objects' mode
+        ys, xs = np.nonzero(marker)
+        assert 14 * 14 > marker.sum() >= 40 and xs.max() - xs.min() == 13  # the 14-pixel glyph
+    splits = dict(train=4, val=3, test=3)
+    root = write_synth_coco(synth_coco_root(tmp_path, 96, 4, label_marker=True), size=96, splits=splits,
+                            label_marker=True)
+    assert root.name == "synth_detection-96-train4-markers"
+    plain = write_synth_coco(tmp_path / "plain", size=96, splits=splits)
+    train, test = CocoDetection(root, "train"), CocoDetection(root, "test")
+    assert train.class_names == test.class_names == CLASS_NAMES + MARKER_NAMES
+    markers = [a for a in train.coco["annotations"] if a["category_id"] > len(CLASS_NAMES)]
+    assert len(markers) == 4 and len(train.coco["annotations"]) == 4 + len(CocoDetection(plain, "train").coco[
+        "annotations"])
+    assert all(a["category_id"] <= len(CLASS_NAMES) for a in test.coco["annotations"])
+    assert (root / "test" / "00001.png").read_bytes() == (plain / "test" / "00001.png").read_bytes()
+    gt = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=0.9)
+          for a in test.coco["annotations"]]
+    fake = [dict(image_id=1, category_id=cat, bbox=[0.0, 0.0, 14.0, 14.0], score=0.99) for cat in (7, 8)]
+    assert coco_evaluate(test.coco, gt, ("bbox",))["bbox_ap"] == pytest.approx(100.0)
+    assert coco_evaluate(test.coco, gt + fake, ("bbox",)) == coco_evaluate(test.coco, gt, ("bbox",))

@@ -110,6 +110,13 @@ def test_a_json_naming_missing_images_is_one_line(coco, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_bad_scene_marker_is_one_line(tmp_path, capsys):
+    args = json.dumps(TASK_ARGS | {"scene_marker": "glyph"})
+    _error(capsys, ["train", *TINY, "--set", f"task_args={args}", "--output", str(tmp_path / "r"), "--max-steps", "1"],
+           "scene_marker")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_detection_default_reaches_box_ap_50_mask_ap_45_within_20_minutes(tmp_path: Path) -> None:
     """The acceptance run: the default recipe on the built-in scenes, 2 threads, held-out test split."""

@@ -221,3 +221,46 @@ def test_every_object_takes_the_class_of_the_one_beacon_far_from_it():
         assert round(hue * 4) % 4 + 1 == classes.pop()
         oy, ox = np.nonzero(label)
         assert np.hypot(oy - by, ox - bx).min() >= 5 + 6 - 1.5  # beacon radius + gap, pixel rounding
+
+
+def _free_spot_one_at_a_time(rng, size, radius, taken, clearance, tries=100):
+    for _ in range(tries):
+        cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
+        if all(np.hypot(cy - y, cx - x) >= radius + r + clearance for y, x, r in taken):
+            return cy, cx
+    return None
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_vectorised_free_spot_draws_what_a_loop_draws_and_leaves_the_generator_where_it_would(case):
+    from unireplknet.data.synth_segmentation import _free_spot
+
+    setup = np.random.default_rng(case)
+    taken = [tuple(v) for v in setup.uniform([0, 0, 3], [64, 64, 14], (int(setup.integers(1, 8)), 3))]
+    radius, clearance = float(setup.uniform(3, 14)), float(setup.uniform(2, 8))
+    ours, loop = np.random.default_rng((case, 1)), np.random.default_rng((case, 1))
+    spot = _free_spot(ours, 64, radius, taken, clearance)
+    expected = _free_spot_one_at_a_time(loop, 64, radius, taken, clearance)
+    assert (spot is None) == (expected is None)
+    if spot is not None:
+        assert spot == (float(expected[0]), float(expected[1]))
+    assert ours.random() == loop.random()  # the next draw agrees: the same number of draws was consumed
+
+
+def test_the_marker_label_option_relabels_the_marker_only():
+    for i in range(10):
+        image, label = make_sample(np.random.default_rng(i))
+        image2, label2 = make_sample(np.random.default_rng(i), marker="class")
+        image3, label3 = make_sample(np.random.default_rng(i), marker="ignore")
+        assert np.array_equal(image, image2) and np.array_equal(image, image3)
+        changed = label2 != label
+        cls = int(label.max())
+        assert np.all(label[changed] == 0) and np.all(label2[changed] == cls)
+        assert np.array_equal(changed, label3 == 255)
+        assert 60 <= changed.sum() <= 90  # the disc of radius 5: about 81 pixels
+        ys, xs = np.nonzero(changed)
+        assert image2[ys, xs].astype(float).std(axis=-1).mean() > 50  # a saturated colour, not a grey object
+    split = BeaconsDataset("val", marker="class", length=3)
+    assert int((split[0][1] > 0).sum()) > int((BeaconsDataset("val", length=3)[0][1] > 0).sum())
+    with pytest.raises(ValueError, match="marker must be one of"):
+        BeaconsDataset("val", marker="beacon")

@@ -245,3 +245,26 @@ def test_ohem_task_args_train_and_bad_values_are_one_line_errors(tmp_path, capsy
     assert not torch.equal(got, SegmentationLoss()(logits, target))
     bad = [*argv[:-2], *_args(ohem_thresh=1.5), "--output", str(tmp_path / "bad")]
     _one_line(capsys, bad, "ohem_thresh")
+
+
+def test_builtin_set_labels_the_marker_in_training_and_leaves_it_unscored_on_held_out_splits(capsys):
+    """`task_args.beacons_marker`: "class" (default) gives the marker its class in train and 255 (not scored) in
+    val/test; "background" is the earlier set, 0 everywhere; anything else is a one-line error."""
+    from unireplknet.engine.config import load_config
+    from unireplknet.tasks.segmentation import SegmentationTask
+
+    cfg = load_config("segmentation_default")
+    task = SegmentationTask()
+
+    def labels(**task_args):
+        args = task.parse_args(dict(cfg.task_args, beacons_samples=[2, 2, 2], **task_args))
+        data = task.build_data(cfg, args)
+        return {split: getattr(data, split)[0][1] for split in ("train", "val", "test")}
+
+    default, earlier = labels(), labels(beacons_marker="background")
+    cls = int(default["train"].max())
+    assert 1 <= cls <= 4 and int((default["train"] == cls).sum()) > int((earlier["train"] == cls).sum()) + 60
+    assert (default["val"] == 255).any() and (default["test"] == 255).any()
+    assert all(not (v == 255).any() for v in earlier.values())
+    assert torch.equal(default["test"] == 255, (default["test"] != earlier["test"]))  # only the marker changes
+    _one_line(capsys, ["train", *TINY, *_args(beacons_marker="everywhere"), "--no-export"], "beacons_marker")

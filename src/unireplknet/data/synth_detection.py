@@ -6,6 +6,9 @@ other. The marker — a hollow square (mode A) or a filled cross (mode B) — de
 in the image: the same-looking disk is ``disk_a`` or ``disk_b`` depending on a glyph up to the whole image
 away, so a model must carry context across the image (the paper's case for large kernels on dense tasks).
 6 classes; masks are the visible parts; objects left with under 40% of their area visible are dropped.
+With ``label_marker`` the marker is also a training instance of its own class (``marker_a`` / ``marker_b``: 8
+categories), so the glyph's look gets a local signal; val and test list the same 8 categories but no marker
+instances, so COCO AP (a mean over the categories with ground truth) scores only the 6 object classes.
 
 :func:`write_synth_coco` writes the ``train``/``val``/``test`` splits in the COCO layout (PNG images,
 compressed-RLE masks), so the embedded set goes through the same :class:`~unireplknet.data.coco.CocoDetection`
@@ -31,8 +34,9 @@ log = logging.getLogger(__name__)
 SHAPES = ("disk", "square", "triangle")
 MODES = ("a", "b")
 CLASS_NAMES = [f"{s}_{m}" for m in MODES for s in SHAPES]  # category id i+1 for CLASS_NAMES[i]
+MARKER_NAMES = [f"marker_{m}" for m in MODES]  # with label_marker: category ids 7, 8
 SPLITS = {"train": 1200, "val": 150, "test": 150}
-VERSION = 2  # bump when the generator changes: cached folders are rebuilt
+VERSION = 3  # bump when the generator changes: cached folders are rebuilt
 MIN_CONTRAST = 80.0  # RGB distance of an object's colour from the image under its centre
 MIN_VISIBLE = 0.5  # objects left with less of their area visible are dropped
 
@@ -67,8 +71,10 @@ def _marker(mode: str, corner: int, size: int, yy: np.ndarray, xx: np.ndarray) -
     return box & ((np.abs(u - m / 2 + 0.5) < 2) | (np.abs(v - m / 2 + 0.5) < 2))
 
 
-def make_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image (size, size, 3) uint8 and its objects as (category id 1..6, visible mask (size, size) bool)."""
+def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = False
+               ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One image (size, size, 3) uint8 and its objects as (category id 1..6, visible mask (size, size) bool);
+    ``with_marker`` appends the marker as (7 or 8, its mask). The image does not depend on ``with_marker``."""
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     t = (np.cos(rng.uniform(0, 2 * np.pi)) * xx + np.sin(rng.uniform(0, 2 * np.pi)) * yy) / size
@@ -96,6 +102,8 @@ def make_scene(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, l
     img[marker] = (245, 245, 245) if rng.random() < 0.5 else (15, 15, 15)
     objects = [(c, m & ~marker, a) for c, m, a in objects]
     kept = [(c, m) for c, m, a in objects if m.sum() >= MIN_VISIBLE * a and m.sum() >= 40]
+    if with_marker:
+        kept.append((1 + len(CLASS_NAMES) + mode_index, marker))
     return np.clip(img, 0, 255).astype(np.uint8), kept
 
 
@@ -105,38 +113,42 @@ def scene_splits(train_images: int = SPLITS["train"]) -> dict[str, int]:
     return dict(SPLITS, train=train_images)
 
 
-def synth_coco_root(cache: Path, size: int = 128, train_images: int = SPLITS["train"]) -> Path:
-    """The cache folder of the embedded set at this image side and training size."""
-    suffix = "" if train_images == SPLITS["train"] else f"-train{train_images}"
+def synth_coco_root(cache: Path, size: int = 128, train_images: int = SPLITS["train"],
+                    label_marker: bool = False) -> Path:
+    """The cache folder of the embedded set at this image side, training size and marker labelling."""
+    suffix = ("" if train_images == SPLITS["train"] else f"-train{train_images}") + ("-markers" if label_marker else "")
     return Path(cache) / f"synth_detection-{size}{suffix}"
 
 
-def _fingerprint(seed: int, size: int, splits: dict[str, int]) -> str:
-    return hashlib.sha1(json.dumps([VERSION, seed, size, sorted(splits.items())]).encode()).hexdigest()[:12]
+def _fingerprint(seed: int, size: int, splits: dict[str, int], label_marker: bool) -> str:
+    key = [VERSION, seed, size, sorted(splits.items())] + (["markers"] if label_marker else [])
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def write_synth_coco(root: str | os.PathLike, seed: int = 0, size: int = 128,
-                     splits: dict[str, int] | None = None) -> Path:
+                     splits: dict[str, int] | None = None, label_marker: bool = False) -> Path:
     """Write (or reuse, when already complete for these settings) the embedded dataset under ``root``:
-    ``{split}/NNNNN.png`` and ``annotations/instances_{split}.json``; returns ``root``."""
+    ``{split}/NNNNN.png`` and ``annotations/instances_{split}.json``; returns ``root``. ``label_marker``: the
+    ``train`` split also annotates each marker (categories 7, 8), the other splits list those categories only."""
     from PIL import Image
 
     root, splits = Path(root), dict(splits or SPLITS)
     stamp = root / ".synth_detection"
-    fingerprint = _fingerprint(seed, size, splits)
+    fingerprint = _fingerprint(seed, size, splits, label_marker)
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
         return root
     api = mask_api()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        categories = [dict(id=i + 1, name=n, supercategory=n.split("_")[0]) for i, n in enumerate(CLASS_NAMES)]
+        names = CLASS_NAMES + (MARKER_NAMES if label_marker else [])
+        categories = [dict(id=i + 1, name=n, supercategory=n.split("_")[0]) for i, n in enumerate(names)]
         for split_index, (split, count) in enumerate(splits.items()):
             (tmp / split).mkdir(parents=True)
             images, anns = [], []
             for i in range(count):
                 rng = np.random.default_rng([seed, split_index, i])
-                img, objects = make_scene(rng, size)
+                img, objects = make_scene(rng, size, with_marker=label_marker and split == "train")
                 name = f"{i:05d}.png"
                 Image.fromarray(img).save(tmp / split / name)
                 images.append(dict(id=i + 1, file_name=name, height=size, width=size))

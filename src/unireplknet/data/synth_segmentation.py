@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 4000, "val": 300, "test": 300}
+MARKER_LABELS = ("background", "class", "ignore")
+IGNORE_INDEX = 255
 HUE_NAMES = {0: "red", 90: "lime", 180: "cyan", 270: "violet", 45: "orange", 135: "green", 225: "blue",
              315: "magenta"}
 
@@ -49,19 +51,34 @@ def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float) -
 
 
 def _free_spot(rng: np.random.Generator, size: int, radius: float, taken: list[tuple[float, float, float]],
-               clearance: float) -> tuple[float, float] | None:
-    """A centre for a disc of ``radius`` inside the image, ``clearance`` px from every taken disc; None if none."""
-    for _ in range(100):
-        cy, cx = rng.uniform(radius + 1, size - radius - 1, 2)
-        if all(np.hypot(cy - y, cx - x) >= radius + r + clearance for y, x, r in taken):
-            return cy, cx
-    return None
+               clearance: float, tries: int = 100) -> tuple[float, float] | None:
+    """A centre for a disc of ``radius`` inside the image, ``clearance`` px from every taken disc; None if none.
+
+    Rejection sampling, vectorised: all ``tries`` candidates are drawn at once, then the generator is rewound and
+    advanced by the draws a one-at-a-time loop would have made, so the samples stay what they were.
+    """
+    state = rng.bit_generator.state
+    centres = rng.uniform(radius + 1, size - radius - 1, (tries, 2))
+    others = np.asarray(taken, dtype=np.float64).reshape(-1, 3)
+    gaps = np.hypot(centres[:, None, 0] - others[:, 0], centres[:, None, 1] - others[:, 1])
+    fits = (gaps >= radius + others[:, 2] + clearance).all(axis=1)
+    first = int(np.argmax(fits)) if fits.any() else None
+    rng.bit_generator.state = state
+    rng.random(2 * (tries if first is None else first + 1))
+    return None if first is None else (float(centres[first, 0]), float(centres[first, 1]))
 
 
 def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: int = 4,
                 objects: tuple[int, int] = (2, 4), beacon_radius: float = 5.0,
-                min_gap: float = 6.0, radius: tuple[float, float] = (8.0, 14.0)) -> tuple[np.ndarray, np.ndarray]:
-    """One image (size, size, 3) uint8 and its label map (size, size) int64 (0 = background)."""
+                min_gap: float = 6.0, radius: tuple[float, float] = (8.0, 14.0),
+                marker: str = "background") -> tuple[np.ndarray, np.ndarray]:
+    """One image (size, size, 3) uint8 and its label map (size, size) int64 (0 = background, 255 = not scored).
+
+    ``marker``: the label of the beacon's own pixels, one of :data:`MARKER_LABELS`: ``"background"`` (0),
+    ``"class"`` (the class it gives the objects) or ``"ignore"`` (255).
+    """
+    if marker not in MARKER_LABELS:
+        raise ValueError(f"marker must be one of {list(MARKER_LABELS)}, not {marker!r}")
     scale = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     # Background: a dull gradient between two low-saturation colours, thin grey strokes.
@@ -101,8 +118,9 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
             image[_disc(yy, xx, *spot, r)] = rng.uniform(0.2, 0.9)
     by, bx, _ = taken[0]
     hue = (cls - 1) / num_object_classes + rng.uniform(-0.03, 0.03)
-    image[_disc(yy, xx, by, bx, beacon_radius)] = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.75, 1.0),
-                                                                       rng.uniform(0.75, 1.0))
+    beacon = _disc(yy, xx, by, bx, beacon_radius)
+    label[beacon] = {"background": 0, "class": cls, "ignore": IGNORE_INDEX}[marker]
+    image[beacon] = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))
     image = image + rng.normal(0, 0.05, image.shape)
     return (image.clip(0, 1) * 255).round().astype(np.uint8), label
 
@@ -112,12 +130,14 @@ class BeaconsDataset(Dataset):
     ``transform(image (H, W, 3) uint8, label (H, W) int64)``, or the arrays without a transform."""
 
     def __init__(self, split: str, transform: Callable | None = None, length: int | None = None,
-                 size: int = 64, num_object_classes: int = 4, seed: int = 0) -> None:
+                 size: int = 64, num_object_classes: int = 4, seed: int = 0, marker: str = "background") -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, not {split!r}")
         self.split, self.transform, self.size, self.seed = split, transform, size, seed
         self.length = DEFAULT_LENGTHS[split] if length is None else length
-        self.num_object_classes = num_object_classes
+        if marker not in MARKER_LABELS:
+            raise ValueError(f"marker must be one of {list(MARKER_LABELS)}, not {marker!r}")
+        self.num_object_classes, self.marker = num_object_classes, marker
         self.class_names = class_names(num_object_classes)
         self.root = "beacons"
 
@@ -126,7 +146,7 @@ class BeaconsDataset(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng((self.seed, SPLITS[self.split], index))
-        return make_sample(rng, self.size, self.num_object_classes)
+        return make_sample(rng, self.size, self.num_object_classes, marker=self.marker)
 
     def __getitem__(self, index: int):
         image, label = self.load(index)

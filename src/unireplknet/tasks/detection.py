@@ -168,6 +168,8 @@ class DetectionArgs:
     head: dict[str, Any] = field(default_factory=dict)  # CascadeMaskRCNN settings (fpn_channels, roi_samples, ...)
     scene_size: int = 128  # built-in scenes: image side
     scene_train_images: int = 1200  # built-in scenes: training images (val and test stay 150 each, unchanged)
+    scene_marker: str = "background"  # built-in scenes: "class" = the marker glyph is a training instance of its own
+    # class (marker_a / marker_b, not scored on val/test); "background" = it is not annotated
     draw_threshold: float = 0.3  # predict: boxes drawn from this score
 
     def __post_init__(self) -> None:
@@ -175,7 +177,8 @@ class DetectionArgs:
                (bool(self.train_scales) and min(self.train_scales) >= 16, "train_scales must be sides >= 16"),
                (len(self.crop_size) == 2 and 0 < self.crop_size[0] <= self.crop_size[1], "crop_size is [lo, hi]"),
                (self.scene_size >= 64, "scene_size must be at least 64"),
-               (self.scene_train_images >= 1, "scene_train_images must be at least 1")])
+               (self.scene_train_images >= 1, "scene_train_images must be at least 1"),
+               (self.scene_marker in ("class", "background"), "scene_marker must be 'class' or 'background'")])
 
 
 @register_task
@@ -195,8 +198,10 @@ class DetectionTask(Task):
         if cfg.data in self.builtin_data:
             from unireplknet.data.synth_detection import scene_splits, synth_coco_root, write_synth_coco
 
-            root = synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images)
-            root = write_synth_coco(root, size=args.scene_size, splits=scene_splits(args.scene_train_images))
+            label_marker = args.scene_marker == "class"
+            root = synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images, label_marker)
+            root = write_synth_coco(root, size=args.scene_size, splits=scene_splits(args.scene_train_images),
+                                    label_marker=label_marker)
             splits = ("train", "val", "test")
         else:
             root = data_folder(cfg.data or "", "a COCO folder (train/, val/, annotations/instances_*.json), or "

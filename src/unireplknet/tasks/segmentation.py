@@ -171,6 +171,8 @@ class SegmentationArgs:
     ohem_min_kept: int = 100_000  # OHEM: at least this many pixels per image count
     beacons_size: int = 64  # built-in set: image side
     beacons_samples: list[int] = field(default_factory=lambda: [4000, 300, 300])  # train, val, test
+    beacons_marker: str = "class"  # built-in set: "class" = the marker's pixels take its class in training and are
+    # not scored on val/test; "background" = they are background everywhere (the set before 2026-12-01's change)
     overlay_alpha: float = 0.5  # predict: weight of the class colour in the overlay
 
     def __post_init__(self) -> None:
@@ -183,6 +185,7 @@ class SegmentationArgs:
                (self.channels >= 1 and self.aux_channels >= 0 and self.aux_weight >= 0, "head sizes must be positive"),
                (self.beacons_size >= 32 and len(self.beacons_samples) == 3 and min(self.beacons_samples) >= 1,
                 "beacons_size >= 32; beacons_samples is [train, val, test], each >= 1"),
+               (self.beacons_marker in ("class", "background"), "beacons_marker must be 'class' or 'background'"),
                (0 <= self.overlay_alpha <= 1, "overlay_alpha must be in [0, 1]"),
                (self.ohem_thresh is None or (0 < self.ohem_thresh <= 1 and self.ohem_min_kept >= 1),
                 "ohem_thresh must be null or in (0, 1], and ohem_min_kept >= 1")])
@@ -215,8 +218,11 @@ class SegmentationTask(Task):
         if cfg.data in self.builtin_data:
             from unireplknet.data.synth_segmentation import BeaconsDataset
 
+            def marker(split: str) -> str:  # scored: only the pixels whose class needs the far-away marker
+                return "ignore" if args.beacons_marker == "class" and split != "train" else args.beacons_marker
+
             sets = {split: BeaconsDataset(split, train_tf if split == "train" else eval_tf, length=n,
-                                          size=args.beacons_size)
+                                          size=args.beacons_size, marker=marker(split))
                     for split, n in zip(("train", "val", "test"), args.beacons_samples)}
         else:
             from unireplknet.data.datasets import data_folder
