@@ -36,7 +36,7 @@ MODES = ("a", "b")
 CLASS_NAMES = [f"{s}_{m}" for m in MODES for s in SHAPES]  # category id i+1 for CLASS_NAMES[i]
 MARKER_NAMES = [f"marker_{m}" for m in MODES]  # with label_marker: category ids 7, 8
 SPLITS = {"train": 1200, "val": 150, "test": 150}
-VERSION = 3  # bump when the generator changes: cached folders are rebuilt
+VERSION = 2  # bump when the generator changes: cached folders are rebuilt
 MIN_CONTRAST = 80.0  # RGB distance of an object's colour from the image under its centre
 MIN_VISIBLE = 0.5  # objects left with less of their area visible are dropped
 
