@@ -181,6 +181,14 @@ def test_level_roi_align_picks_fpn_level_by_box_scale():
     boxes = torch.tensor([[0.0, 0, s, s] for s in sides])
     levels = pool(features, [boxes]).mean(dim=(1, 2, 3))
     assert levels.tolist() == [0, 0, 0, 1, 2, 3, 3]
+    coarser = LevelRoIAlign(2, strides=(4, 8, 16, 32), finest_scale=14.0)  # floor(log2(side / 14))
+    assert coarser(features, [boxes]).mean(dim=(1, 2, 3)).tolist() == [0, 2, 2, 3, 3, 3, 3]
+
+
+def test_roi_finest_scale_reaches_both_roi_extractors_of_the_detector():
+    model = tiny_detector(roi_finest_scale=14.0)
+    assert model.roi_heads.box_pool.finest_scale == model.roi_heads.mask_pool.finest_scale == 14.0
+    assert tiny_detector().roi_heads.box_pool.finest_scale == 56.0
 
 
 def test_anchors_use_the_true_stride_of_the_pooled_level():

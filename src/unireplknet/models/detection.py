@@ -82,7 +82,8 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
                  anchor_scale: int = 8, rpn_pre_nms_train: int = 2000, rpn_post_nms_train: int = 2000,
                  rpn_pre_nms_test: int = 1000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
                  rpn_samples: int = 256, roi_samples: int = 512, score_thresh: float = 0.05,
-                 nms_thresh: float = 0.5, detections_per_img: int = 100, mask_thresh: float = 0.5) -> None:
+                 nms_thresh: float = 0.5, detections_per_img: int = 100, mask_thresh: float = 0.5,
+                 roi_finest_scale: float = 56.0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -103,7 +104,7 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
             num_classes, num_stages, fpn_channels, num_convs=num_convs, num_fcs=num_fcs, fc_channels=fc_channels,
             with_mask=with_mask, mask_channels=mask_channels, mask_convs=mask_convs, roi_samples=roi_samples,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-            strides=strides[:4])
+            strides=strides[:4], roi_finest_scale=roi_finest_scale)
 
     def _pyramid(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.neck(OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x))))

@@ -137,7 +137,7 @@ class CascadeRoIHeads(nn.Module):
                  fc_channels: int = 1024, with_mask: bool = True, mask_channels: int = 256, mask_convs: int = 4,
                  roi_samples: int = 512, positive_fraction: float = 0.25, giou_weight: float = 10.0,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 strides: Sequence[int] = (4, 8, 16, 32)) -> None:
+                 strides: Sequence[int] = (4, 8, 16, 32), roi_finest_scale: float = 56.0) -> None:
         super().__init__()
         if not (len(stage_iou) >= num_stages and len(stage_weights) >= num_stages and len(stage_stds) >= num_stages):
             raise ValueError(f"{num_stages} stages need that many IoU thresholds, loss weights and target stds")
@@ -149,13 +149,13 @@ class CascadeRoIHeads(nn.Module):
         self.sampler = BalancedPositiveNegativeSampler(roi_samples, positive_fraction)
         self.giou_weight = giou_weight
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
-        self.box_pool = LevelRoIAlign(7, strides)
+        self.box_pool = LevelRoIAlign(7, strides, finest_scale=roi_finest_scale)
         self.box_heads = nn.ModuleList(
             BoxHead(num_classes, in_channels, 7, num_convs, in_channels, num_fcs, fc_channels)
             for _ in range(num_stages))
         self.with_mask = with_mask
         if with_mask:
-            self.mask_pool = LevelRoIAlign(14, strides)
+            self.mask_pool = LevelRoIAlign(14, strides, finest_scale=roi_finest_scale)
             self.mask_heads = nn.ModuleList(MaskHead(num_classes, in_channels, mask_channels, mask_convs)
                                             for _ in range(num_stages))
 
