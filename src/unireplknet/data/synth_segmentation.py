@@ -46,6 +46,11 @@ def _object_mask(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: f
     return (np.abs(u) <= half) & (np.abs(v) <= half * aspect)
 
 
+def _check_marker(marker: str) -> None:
+    if marker not in MARKER_LABELS:
+        raise ValueError(f"marker must be one of {list(MARKER_LABELS)}, not {marker!r}")
+
+
 def _disc(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float) -> np.ndarray:
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
 
@@ -77,8 +82,7 @@ def make_sample(rng: np.random.Generator, size: int = 64, num_object_classes: in
     ``marker``: the label of the beacon's own pixels, one of :data:`MARKER_LABELS`: ``"background"`` (0),
     ``"class"`` (the class it gives the objects) or ``"ignore"`` (255).
     """
-    if marker not in MARKER_LABELS:
-        raise ValueError(f"marker must be one of {list(MARKER_LABELS)}, not {marker!r}")
+    _check_marker(marker)
     scale = size / 64
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     # Background: a dull gradient between two low-saturation colours, thin grey strokes.
@@ -135,8 +139,7 @@ class BeaconsDataset(Dataset):
             raise ValueError(f"split must be one of {list(SPLITS)}, not {split!r}")
         self.split, self.transform, self.size, self.seed = split, transform, size, seed
         self.length = DEFAULT_LENGTHS[split] if length is None else length
-        if marker not in MARKER_LABELS:
-            raise ValueError(f"marker must be one of {list(MARKER_LABELS)}, not {marker!r}")
+        _check_marker(marker)
         self.num_object_classes, self.marker = num_object_classes, marker
         self.class_names = class_names(num_object_classes)
         self.root = "beacons"
