@@ -28,7 +28,9 @@ VARIANTS = {"unireplknet": [], "kernels3": ["--set", 'arch={"kernel_sizes": 3}']
 
 
 def shape_ap(run: Path) -> dict[str, float]:
-    """Box / mask AP of the run's ``deploy.pt`` on the test split with the marker's mode ignored."""
+    """Box / mask AP of the run's ``deploy.pt`` on the test split with the marker's mode ignored, and
+    ``marker_read``: per test image, the share of the object detections' score mass (scores >= 0.05) that
+    goes to the image's true mode, averaged over images, in percent (50 = the marker is not read at all)."""
     import torch
 
     from unireplknet.data.coco import CocoDetection
@@ -41,7 +43,7 @@ def shape_ap(run: Path) -> dict[str, float]:
     config = json.loads((run / "config.json").read_text())
     args = DetectionTask().parse_args(config["task_args"])  # the run's settings, defaults filled in
     test = CocoDetection(synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images,
-                                         args.scene_marker == "class"), "test")
+                                         args.scene_marker == "class", args.scene_cue), "test")
     model, _ = build_model_from_checkpoint(run / "deploy.pt")
     detections = predict_detections(model, test)
     shape_of = {c: (c - 1) % len(SHAPES) + 1 for c in range(1, len(CLASS_NAMES) + 1)}  # marker classes: not scored
@@ -49,7 +51,25 @@ def shape_ap(run: Path) -> dict[str, float]:
               annotations=[dict(a, category_id=shape_of[a["category_id"]]) for a in test.coco["annotations"]])
     results = [dict(r, category_id=shape_of[r["category_id"]])
                for r in coco_results(detections, test.image_ids, test.label_to_cat_id) if r["category_id"] in shape_of]
-    return {k: v for k, v in coco_evaluate(gt, results).items() if k in ("bbox_ap", "segm_ap")}
+    metrics = {k: v for k, v in coco_evaluate(gt, results).items() if k in ("bbox_ap", "segm_ap")}
+    return {**metrics, "marker_read": marker_read(test, detections)}
+
+
+def marker_read(test, detections) -> float:
+    """See :func:`shape_ap`: the mean share (percent) of object score mass on each test image's true mode."""
+    from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES
+
+    mode_of_image = {a["image_id"]: (a["category_id"] - 1) // len(SHAPES) for a in test.coco["annotations"]
+                     if a["category_id"] <= len(CLASS_NAMES)}
+    shares = []
+    for det, image_id in zip(detections, test.image_ids):
+        cats = [test.label_to_cat_id[int(label)] for label in det["labels"].tolist()]
+        pairs = [(score, (c - 1) // len(SHAPES)) for score, c in zip(det["scores"].tolist(), cats)
+                 if c <= len(CLASS_NAMES)]
+        total = sum(score for score, _ in pairs)
+        if image_id in mode_of_image and total > 0:
+            shares.append(sum(score for score, mode in pairs if mode == mode_of_image[image_id]) / total)
+    return 100 * statistics.mean(shares)
 
 
 def main() -> None:
@@ -58,13 +78,15 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = study_runs.run_study("detection", VARIANTS, args)
-    print("| backbone | seed | box AP | mask AP | box AP50 | shape box AP | shape mask AP | CPU s | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| backbone | seed | box AP | mask AP | box AP50 | shape box AP | shape mask AP | marker read % | CPU s "
+          "| wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows: dict[str, list[list[float]]] = {}
     for variant, seed, run in results:
         s = json.loads((run / "summary.json").read_text())
         shape = shape_ap(run)
-        row = [s["test_bbox_ap"], s["test_segm_ap"], s["test_bbox_ap50"], shape["bbox_ap"], shape["segm_ap"]]
+        row = [s["test_bbox_ap"], s["test_segm_ap"], s["test_bbox_ap50"], shape["bbox_ap"], shape["segm_ap"],
+               shape["marker_read"]]
         rows.setdefault(variant, []).append(row)
         print(f"| {variant} | {seed} | " + " | ".join(f"{v:.1f}" for v in row)
               + f" | {s.get('process_cpu_s', float('nan')):.0f} | {s['wall_time_s']:.0f} |")

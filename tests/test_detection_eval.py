@@ -205,3 +205,32 @@ def test_label_marker_annotates_the_glyph_in_training_only_and_is_not_scored(tmp
     fake = [dict(image_id=1, category_id=cat, bbox=[0.0, 0.0, 14.0, 14.0], score=0.99) for cat in (7, 8)]
     assert coco_evaluate(test.coco, gt, ("bbox",))["bbox_ap"] == pytest.approx(100.0)
     assert coco_evaluate(test.coco, gt + fake, ("bbox",)) == coco_evaluate(test.coco, gt, ("bbox",))
+
+
+def test_colour_cue_paints_the_mode_on_a_disc_and_keeps_objects_away_from_both_colours(tmp_path):
+    """`task_args.scene_cue=colour`: the same disc glyph for both modes, its colour sets the mode; objects never
+    take a colour near either mode colour, so only the marker tells the mode. The glyph cue is left as it was."""
+    from unireplknet.data.synth_detection import MIN_CONTRAST, MODE_COLOURS
+
+    glyph_only = make_scene(np.random.default_rng([3, 0, 0]), 96)
+    assert np.array_equal(glyph_only[0], make_scene(np.random.default_rng([3, 0, 0]), 96, cue="glyph")[0])
+    modes = set()
+    for i in range(24):
+        img, objs = make_scene(np.random.default_rng([3, 0, i]), 96, with_marker=True, cue="colour")
+        (cat, marker), objects = objs[-1], objs[:-1]
+        mode = cat - 7
+        modes.add(mode)
+        assert all((c - 1) // len(SHAPES) == mode for c, _ in objects)
+        ys, xs = np.nonzero(marker)
+        assert xs.max() - xs.min() == 13 and ys.max() - ys.min() == 13 and marker.sum() > 0.7 * 14 * 14  # a disc
+        mean = img[marker].astype(float).mean(0)
+        assert np.linalg.norm(mean - MODE_COLOURS[mode]) < 10 < np.linalg.norm(mean - MODE_COLOURS[1 - mode]) - 100
+        for _, m in objects:
+            colour = np.median(img[m].astype(float), axis=0)  # the object's colour under its pixel noise
+            assert min(np.linalg.norm(colour - np.array(c)) for c in MODE_COLOURS) > MIN_CONTRAST - 30
+    assert modes == {0, 1}
+    root = write_synth_coco(synth_coco_root(tmp_path, 96, 3, cue="colour"), size=96,
+                            splits=dict(train=3, val=2, test=2), cue="colour")
+    assert root.name == "synth_detection-96-train3-colour" and len(CocoDetection(root, "train")) == 3
+    with pytest.raises(ValueError, match="cue"):
+        make_scene(np.random.default_rng(0), 96, cue="hue")

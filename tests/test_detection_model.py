@@ -320,3 +320,20 @@ def test_builder_loads_a_classification_backbone_then_converts_to_deploy(tmp_pat
     with torch.no_grad():
         for a, b in zip(det.backbone(x), ref.eval()(x)):
             assert float((a - b).norm() / b.norm()) < 1e-5
+
+
+def test_global_context_adds_the_projected_image_mean_of_the_top_map_to_every_level():
+    torch.manual_seed(0)
+    plain, context = tiny_detector(), tiny_detector(global_context=True)
+    assert plain.global_context is None
+    context.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(2, 3, 64, 96)
+    plain.eval(), context.eval()
+    with torch.no_grad():
+        base, added = plain._pyramid(x), context._pyramid(x)
+        top = context.backbone(x)[-1].double().mean((2, 3))
+        expected = (top @ context.global_context.weight.double().T + context.global_context.bias.double())
+    assert list(base) == list(added)
+    for key in base:
+        diff = (added[key] - base[key]).double()
+        assert torch.allclose(diff, expected[:, :, None, None].expand_as(diff), atol=1e-5), key

@@ -110,10 +110,11 @@ def test_a_json_naming_missing_images_is_one_line(coco, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_bad_scene_marker_is_one_line(tmp_path, capsys):
-    args = json.dumps(TASK_ARGS | {"scene_marker": "glyph"})
+@pytest.mark.parametrize("key,value", [("scene_marker", "glyph"), ("scene_cue", "hue")])
+def test_a_bad_scene_setting_is_one_line(tmp_path, capsys, key, value):
+    args = json.dumps(TASK_ARGS | {key: value})
     _error(capsys, ["train", *TINY, "--set", f"task_args={args}", "--output", str(tmp_path / "r"), "--max-steps", "1"],
-           "scene_marker")
+           key)
     assert not (tmp_path / "r").exists()
 
 

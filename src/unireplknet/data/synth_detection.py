@@ -5,10 +5,12 @@ random corner and 2–6 objects (disks, squares, triangles) of random colour and
 other. The marker — a hollow square (mode A) or a filled cross (mode B) — decides the class of every object
 in the image: the same-looking disk is ``disk_a`` or ``disk_b`` depending on a glyph up to the whole image
 away, so a model must carry context across the image (the paper's case for large kernels on dense tasks).
-6 classes; masks are the visible parts; objects left with under 40% of their area visible are dropped.
+6 classes; masks are the visible parts; objects left with under half their area visible are dropped.
 With ``label_marker`` the marker is also a training instance of its own class (``marker_a`` / ``marker_b``: 8
 categories), so the glyph's look gets a local signal; val and test list the same 8 categories but no marker
 instances, so COCO AP (a mean over the categories with ground truth) scores only the 6 object classes.
+With ``cue="colour"`` the marker is one disc for both modes and its colour (red or blue) sets the mode; no
+object takes a colour near either, so the marker is still the only evidence of the mode.
 
 :func:`write_synth_coco` writes the ``train``/``val``/``test`` splits in the COCO layout (PNG images,
 compressed-RLE masks), so the embedded set goes through the same :class:`~unireplknet.data.coco.CocoDetection`
@@ -39,6 +41,8 @@ SPLITS = {"train": 1200, "val": 150, "test": 150}
 VERSION = 2  # bump when the generator changes: cached folders are rebuilt
 MIN_CONTRAST = 80.0  # RGB distance of an object's colour from the image under its centre
 MIN_VISIBLE = 0.5  # objects left with less of their area visible are dropped
+CUES = ("glyph", "colour")  # what tells the modes apart: the marker's shape, or (cue="colour") its colour
+MODE_COLOURS = ((225.0, 35.0, 35.0), (35.0, 80.0, 225.0))  # cue="colour": the marker disc of mode a / b
 
 
 def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, yy: np.ndarray, xx: np.ndarray
@@ -60,21 +64,28 @@ def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, yy: np.
 
 
 def _marker(mode: str, corner: int, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """The mode glyph (14 px) in one corner: hollow square (a) or filled cross (b)."""
+    """The mode glyph (14 px) in one corner: hollow square (a), filled cross (b) or, for ``mode="disc"``
+    (the colour cue), a filled disc."""
     m = 14
     x0 = 3 if corner % 2 == 0 else size - m - 3
     y0 = 3 if corner < 2 else size - m - 3
     u, v = xx - x0, yy - y0
     box = (u >= 0) & (u < m) & (v >= 0) & (v < m)
+    if mode == "disc":
+        return (u - m / 2 + 0.5) ** 2 + (v - m / 2 + 0.5) ** 2 <= (m / 2) ** 2
     if mode == "a":
         return box & ((u < 3) | (u >= m - 3) | (v < 3) | (v >= m - 3))
     return box & ((np.abs(u - m / 2 + 0.5) < 2) | (np.abs(v - m / 2 + 0.5) < 2))
 
 
-def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = False
+def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = False, cue: str = "glyph"
                ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One image (size, size, 3) uint8 and its objects as (category id 1..6, visible mask (size, size) bool);
-    ``with_marker`` appends the marker as (7 or 8, its mask). The image does not depend on ``with_marker``."""
+    ``with_marker`` appends the marker as (7 or 8, its mask). The image does not depend on ``with_marker``.
+    ``cue="colour"``: the marker is a disc in the mode's colour (:data:`MODE_COLOURS`), and no object takes a
+    colour within ``MIN_CONTRAST`` of either mode colour."""
+    if cue not in CUES:
+        raise ValueError(f"cue must be one of {CUES}, got {cue!r}")
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     t = (np.cos(rng.uniform(0, 2 * np.pi)) * xx + np.sin(rng.uniform(0, 2 * np.pi)) * yy) / size
@@ -93,13 +104,18 @@ def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = Fa
         full = _shape_mask(SHAPES[kind], cx, cy, r, rng.uniform(0, 2 * np.pi), yy, xx)
         background = img[int(cy), int(cx)]
         colour = rng.uniform(0, 255, 3)
-        while np.linalg.norm(colour - background) < MIN_CONTRAST:  # visible against what is behind its centre
+        while np.linalg.norm(colour - background) < MIN_CONTRAST or (  # visible against what is behind it
+                cue == "colour" and min(np.linalg.norm(colour - np.array(c)) for c in MODE_COLOURS) < MIN_CONTRAST):
             colour = rng.uniform(0, 255, 3)
         img[full] = colour + rng.normal(0, 8, (int(full.sum()), 3))
         objects = [(c, m & ~full, a) for c, m, a in objects]
         objects.append((1 + mode_index * len(SHAPES) + kind, full, int(full.sum())))
-    marker = _marker(MODES[mode_index], corner, size, yy, xx)  # drawn last: always visible
-    img[marker] = (245, 245, 245) if rng.random() < 0.5 else (15, 15, 15)
+    if cue == "glyph":
+        marker = _marker(MODES[mode_index], corner, size, yy, xx)  # drawn last: always visible
+        img[marker] = (245, 245, 245) if rng.random() < 0.5 else (15, 15, 15)
+    else:
+        marker = _marker("disc", corner, size, yy, xx)
+        img[marker] = np.array(MODE_COLOURS[mode_index]) + rng.normal(0, 8, (int(marker.sum()), 3))
     objects = [(c, m & ~marker, a) for c, m, a in objects]
     kept = [(c, m) for c, m, a in objects if m.sum() >= MIN_VISIBLE * a and m.sum() >= 40]
     if with_marker:
@@ -114,27 +130,32 @@ def scene_splits(train_images: int = SPLITS["train"]) -> dict[str, int]:
 
 
 def synth_coco_root(cache: Path, size: int = 128, train_images: int = SPLITS["train"],
-                    label_marker: bool = False) -> Path:
-    """The cache folder of the embedded set at this image side, training size and marker labelling."""
+                    label_marker: bool = False, cue: str = "glyph") -> Path:
+    """The cache folder of the embedded set at this image side, training size, marker labelling and cue."""
     suffix = ("" if train_images == SPLITS["train"] else f"-train{train_images}") + ("-markers" if label_marker else "")
+    suffix += "" if cue == "glyph" else f"-{cue}"
     return Path(cache) / f"synth_detection-{size}{suffix}"
 
 
-def _fingerprint(seed: int, size: int, splits: dict[str, int], label_marker: bool) -> str:
+def _fingerprint(seed: int, size: int, splits: dict[str, int], label_marker: bool, cue: str = "glyph") -> str:
     key = [VERSION, seed, size, sorted(splits.items())] + (["markers"] if label_marker else [])
+    key += [] if cue == "glyph" else [cue]
     return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
 
 
 def write_synth_coco(root: str | os.PathLike, seed: int = 0, size: int = 128,
-                     splits: dict[str, int] | None = None, label_marker: bool = False) -> Path:
+                     splits: dict[str, int] | None = None, label_marker: bool = False, cue: str = "glyph") -> Path:
     """Write (or reuse, when already complete for these settings) the embedded dataset under ``root``:
     ``{split}/NNNNN.png`` and ``annotations/instances_{split}.json``; returns ``root``. ``label_marker``: the
-    ``train`` split also annotates each marker (categories 7, 8), the other splits list those categories only."""
+    ``train`` split also annotates each marker (categories 7, 8), the other splits list those categories only.
+    ``cue``: see :func:`make_scene`."""
     from PIL import Image
 
     root, splits = Path(root), dict(splits or SPLITS)
     stamp = root / ".synth_detection"
-    fingerprint = _fingerprint(seed, size, splits, label_marker)
+    if cue not in CUES:
+        raise ValueError(f"cue must be one of {CUES}, got {cue!r}")
+    fingerprint = _fingerprint(seed, size, splits, label_marker, cue)
     if stamp.is_file() and stamp.read_text().strip() == fingerprint:
         return root
     api = mask_api()
@@ -148,7 +169,7 @@ def write_synth_coco(root: str | os.PathLike, seed: int = 0, size: int = 128,
             images, anns = [], []
             for i in range(count):
                 rng = np.random.default_rng([seed, split_index, i])
-                img, objects = make_scene(rng, size, with_marker=label_marker and split == "train")
+                img, objects = make_scene(rng, size, with_marker=label_marker and split == "train", cue=cue)
                 name = f"{i:05d}.png"
                 Image.fromarray(img).save(tmp / split / name)
                 images.append(dict(id=i + 1, file_name=name, height=size, width=size))

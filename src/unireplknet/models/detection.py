@@ -36,6 +36,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from unireplknet.errors import CheckpointError
 from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
+from unireplknet.models.detection_semantic import SemanticAuxHead
 from unireplknet.models.features import OnBackbone, TimmFeatures, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
@@ -83,7 +84,8 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
                  rpn_pre_nms_test: int = 1000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
                  rpn_samples: int = 256, roi_samples: int = 512, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_thresh: float = 0.5,
-                 roi_finest_scale: float = 56.0) -> None:
+                 roi_finest_scale: float = 56.0, semantic_weight: float = 0.0, semantic_channels: int = 128,
+                 semantic_convs: int = 2, global_context: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -105,9 +107,23 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
             with_mask=with_mask, mask_channels=mask_channels, mask_convs=mask_convs, roi_samples=roi_samples,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
             strides=strides[:4], roi_finest_scale=roi_finest_scale)
+        # ParseNet-style global context (off by default; not in the reference): the image-averaged top backbone
+        # map, projected to fpn_channels, added to every pyramid level
+        self.global_context = nn.Linear(backbone.dims[backbone.out_indices[-1]], fpn_channels) \
+            if global_context else None
+        if semantic_weight < 0:
+            raise ValueError(f"semantic_weight must be >= 0, got {semantic_weight}")
+        self.semantic_weight = semantic_weight  # > 0: HTC's semantic branch as a training-only auxiliary loss
+        self.semantic_head = SemanticAuxHead(fpn_channels, num_classes, semantic_channels, semantic_convs) \
+            if semantic_weight > 0 else None
 
     def _pyramid(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        return self.neck(OrderedDict((str(i), f) for i, f in enumerate(self.backbone(x))))
+        features = self.backbone(x)
+        pyramid = self.neck(OrderedDict((str(i), f) for i, f in enumerate(features)))
+        if self.global_context is not None:
+            context = self.global_context(features[-1].mean((2, 3)))[:, :, None, None]  # (N, C, 1, 1)
+            pyramid = OrderedDict((k, v + context) for k, v in pyramid.items())
+        return pyramid
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -119,8 +135,13 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         batch, targets = self.transform(images, targets)
         pyramid = self._pyramid(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, pyramid, targets)
-        detections, roi_losses = self.roi_heads(list(pyramid.values())[:4], proposals, batch.image_sizes, targets)
+        levels = list(pyramid.values())[:4]
+        detections, roi_losses = self.roi_heads(levels, proposals, batch.image_sizes, targets)
         if self.training:
+            if self.semantic_head is not None:
+                masks, labels = [t["masks"] for t in targets], [t["labels"] for t in targets]
+                semantic = self.semantic_head.loss(levels, masks, labels, tuple(batch.tensors.shape[-2:]))
+                roi_losses["loss_semantic"] = self.semantic_weight * semantic
             return {**rpn_losses, **roi_losses}
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         for det in detections:

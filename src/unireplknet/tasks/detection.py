@@ -170,6 +170,7 @@ class DetectionArgs:
     scene_train_images: int = 1200  # built-in scenes: training images (val and test stay 150 each, unchanged)
     scene_marker: str = "background"  # built-in scenes: "class" = the marker glyph is a training instance of its own
     # class (marker_a / marker_b, not scored on val/test); "background" = it is not annotated
+    scene_cue: str = "glyph"  # built-in scenes: what sets the mode: the marker's shape ("glyph") or its colour
     draw_threshold: float = 0.3  # predict: boxes drawn from this score
 
     def __post_init__(self) -> None:
@@ -178,7 +179,8 @@ class DetectionArgs:
                (len(self.crop_size) == 2 and 0 < self.crop_size[0] <= self.crop_size[1], "crop_size is [lo, hi]"),
                (self.scene_size >= 64, "scene_size must be at least 64"),
                (self.scene_train_images >= 1, "scene_train_images must be at least 1"),
-               (self.scene_marker in ("class", "background"), "scene_marker must be 'class' or 'background'")])
+               (self.scene_marker in ("class", "background"), "scene_marker must be 'class' or 'background'"),
+               (self.scene_cue in ("glyph", "colour"), "scene_cue must be 'glyph' or 'colour'")])
 
 
 @register_task
@@ -199,9 +201,9 @@ class DetectionTask(Task):
             from unireplknet.data.synth_detection import scene_splits, synth_coco_root, write_synth_coco
 
             label_marker = args.scene_marker == "class"
-            root = synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images, label_marker)
+            root = synth_coco_root(cache_dir(), args.scene_size, args.scene_train_images, label_marker, args.scene_cue)
             root = write_synth_coco(root, size=args.scene_size, splits=scene_splits(args.scene_train_images),
-                                    label_marker=label_marker)
+                                    label_marker=label_marker, cue=args.scene_cue)
             splits = ("train", "val", "test")
         else:
             root = data_folder(cfg.data or "", "a COCO folder (train/, val/, annotations/instances_*.json), or "

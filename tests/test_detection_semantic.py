@@ -1,0 +1,83 @@
+"""The training-only semantic branch of the detectors (HTC's semantic head as an auxiliary loss)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_detection_model import SMALL_HEAD, TINY, box_target
+from unireplknet.models.detection import CascadeMaskRCNN
+from unireplknet.models.detection_semantic import IGNORE, SemanticAuxHead, semantic_targets
+from unireplknet.models.features import UniRepLKNetFeatures
+
+
+def test_semantic_targets_label_instances_pad_with_ignore_and_sample_cell_centres():
+    m0 = torch.zeros(2, 16, 24, dtype=torch.uint8)
+    m0[0, 0:8, 0:16] = 1
+    m0[1, 4:12, 8:24] = 1  # drawn over instance 0 where they overlap
+    m1 = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    m1[0, 4:8, 0:4] = 1
+    out = semantic_targets([m0, m1], [torch.tensor([2, 5]), torch.tensor([3])], (16, 32), stride=4)
+    assert out.shape == (2, 4, 8) and out.dtype == torch.int64
+    full0 = torch.full((16, 32), IGNORE)
+    full0[:, :24] = 0
+    full0[0:8, 0:16] = 2
+    full0[4:12, 8:24] = 5
+    assert torch.equal(out[0], full0[2::4, 2::4])
+    assert out[0, 0, 0] == 2 and out[0, 1, 2] == 5 and out[0, 0, 6] == IGNORE and out[0, 3, 0] == 0
+    assert torch.equal(out[1, :2, :2], torch.tensor([[0, 0], [3, 0]]))
+    assert (out[1, 2:] == IGNORE).all() and (out[1, :, 2:] == IGNORE).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_semantic_loss_matches_a_float64_cross_entropy_over_unignored_cells(seed):
+    torch.manual_seed(seed)
+    n, c, k = 2, 8, int(torch.randint(1, 6, ()))
+    h, w = 32 * int(torch.randint(1, 3, ())), 32 * int(torch.randint(1, 3, ()))
+    head = SemanticAuxHead(c, k, channels=12, num_convs=2)
+    levels = [torch.randn(n, c, h // s, w // s) for s in (4, 8, 16, 32)]
+    sizes = [(h - 4, w), (h, w - 8)]
+    masks = [(torch.rand(3, *hw) > 0.6).to(torch.uint8) for hw in sizes]
+    labels = [torch.randint(1, k + 1, (3,)) for _ in sizes]
+    loss = head.loss(levels, masks, labels, (h, w))
+    logits = head.double()([x.double() for x in levels])
+    target = semantic_targets(masks, labels, (h, w), 8)
+    assert logits.shape == (n, k + 1, h // 8, w // 8)
+    keep = target != IGNORE
+    assert keep.sum() < target.numel()  # padding is there and ignored
+    logp = logits.log_softmax(1).permute(0, 2, 3, 1)[keep]
+    expected = -logp.gather(1, target[keep][:, None]).mean()
+    assert abs(loss.item() - expected.item()) < 1e-5
+
+
+def _detector(**kwargs) -> CascadeMaskRCNN:
+    return CascadeMaskRCNN(UniRepLKNetFeatures(**TINY), 3, 3, **{**SMALL_HEAD, "min_size": 64, **kwargs})
+
+
+def test_semantic_branch_adds_a_weighted_loss_in_training_and_nothing_at_test_time():
+    torch.manual_seed(0)
+    plain, semantic = _detector(), _detector(semantic_weight=0.5, semantic_channels=8)
+    assert plain.semantic_head is None
+    missing = semantic.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("semantic_head.") for k in missing)
+    images = [torch.rand(3, 64, 96), torch.rand(3, 56, 64)]
+    targets = [box_target(64, 96, [[10, 12, 60, 60]], [1]), box_target(56, 64, [[5, 5, 40, 50]], [2])]
+    plain.eval(), semantic.eval()
+    with torch.no_grad():  # the same weights give the same detections: the branch is not used at test time
+        for a, b in zip(plain(images), semantic(images)):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    semantic.train()
+    losses = semantic(images, targets)
+    head, pad = semantic.semantic_head, (64, 96)
+    with torch.no_grad():
+        levels = list(semantic._pyramid(semantic.transform(images, targets)[0].tensors).values())[:4]
+        raw = head.loss(levels, [t["masks"] for t in targets], [t["labels"] for t in targets], pad)
+    assert torch.allclose(losses["loss_semantic"], 0.5 * raw, atol=1e-6)
+    sum(losses.values()).backward()
+    assert head.classifier.weight.grad.abs().sum() > 0
+    assert semantic.backbone.stages[3][0].pwconv1[1].weight.grad.abs().sum() > 0
+
+
+def test_negative_semantic_weight_is_refused():
+    with pytest.raises(ValueError, match="semantic_weight"):
+        _detector(semantic_weight=-1.0)
