@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from unireplknet.data.coco import CocoDetection, collate_detection, mask_api, read_coco_json, write_json_atomic
 from unireplknet.data.datasets import IMG_EXTENSIONS
+from unireplknet.data.synth_detection import CUES
 from unireplknet.engine.config import TrainConfig
 from unireplknet.engine.loops import eval_batches
 from unireplknet.engine.task import Criterion, EvalContext, Request, Task, TaskData
@@ -180,7 +181,7 @@ class DetectionArgs:
                (self.scene_size >= 64, "scene_size must be at least 64"),
                (self.scene_train_images >= 1, "scene_train_images must be at least 1"),
                (self.scene_marker in ("class", "background"), "scene_marker must be 'class' or 'background'"),
-               (self.scene_cue in ("glyph", "colour"), "scene_cue must be 'glyph' or 'colour'")])
+               (self.scene_cue in CUES, f"scene_cue must be one of {', '.join(CUES)}")])
 
 
 @register_task
