@@ -234,3 +234,61 @@ def test_colour_cue_paints_the_mode_on_a_disc_and_keeps_objects_away_from_both_c
     assert root.name == "synth_detection-96-train3-colour" and len(CocoDetection(root, "train")) == 3
     with pytest.raises(ValueError, match="cue"):
         make_scene(np.random.default_rng(0), 96, cue="hue")
+
+
+def test_beacon_cue_keeps_the_scene_grey_so_the_marker_is_its_only_saturated_part(tmp_path):
+    """`task_args.scene_cue=beacon`: the colour-cue disc on a dull scene (low-saturation background, grey strokes
+    and grey objects), as in the segmentation beacons set; the objects differ in brightness from what is behind
+    them, and the glyph and colour cues are left as they were."""
+    import hashlib
+
+    from unireplknet.data.synth_detection import MODE_COLOURS
+
+    # the glyph and colour scenes as the generator made them before the beacon cue came (fingerprints taken
+    # from that version): the runs measured on them stay reproducible
+    for cue, fingerprint in (("glyph", "d13b5fd2c85ddfe9"), ("colour", "d91149142a0b5bf7")):
+        img, objs = make_scene(np.random.default_rng([3, 0, 1]), 96, with_marker=True, cue=cue)
+        assert hashlib.sha1(img.tobytes() + bytes(c for c, _ in objs)).hexdigest()[:16] == fingerprint, cue
+    modes = set()
+    for i in range(24):
+        img, objs = make_scene(np.random.default_rng([4, 0, i]), 96, with_marker=True, cue="beacon")
+        (cat, marker), objects = objs[-1], objs[:-1]
+        mode = cat - 7
+        modes.add(mode)
+        assert all((c - 1) // len(SHAPES) == mode for c, _ in objects)
+        mean = img[marker].astype(float).mean(0)
+        assert np.linalg.norm(mean - MODE_COLOURS[mode]) < 10
+        rgb = img.astype(float)
+        chroma = rgb.max(-1) - rgb.min(-1)  # 0 for grey; the mode discs have ~190
+        # under pixel noise (sd 12 on the background) a dull pixel's chroma stays far below the disc's
+        assert np.median(chroma[~marker]) < 60 and np.percentile(chroma[~marker], 99.5) < 120 < chroma[marker].min()
+        for _, m in objects:
+            colour = np.median(rgb[m], axis=0)
+            assert np.ptp(colour) < 12  # grey: the channels agree up to noise
+    assert modes == {0, 1}
+    root = write_synth_coco(synth_coco_root(tmp_path, 96, 3, cue="beacon"), size=96,
+                            splits=dict(train=3, val=2, test=2), cue="beacon")
+    assert root.name == "synth_detection-96-train3-beacon" and len(CocoDetection(root, "train")) == 3
+
+
+def test_a_set_written_by_another_run_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two runs that start together both generate the set; the one that finishes second must not delete the
+    folder the first is already reading from (it keeps that one and drops its own copy)."""
+    import unireplknet.data.synth_detection as sd
+
+    root, splits = tmp_path / "scenes", dict(train=2, val=1, test=1)
+    real, other_run_files = sd.make_scene, []
+
+    def make_scene_while_another_run_finishes(*args, **kwargs):
+        if not other_run_files:
+            monkeypatch.setattr(sd, "make_scene", real)
+            sd.write_synth_coco(root, size=64, splits=splits)  # the other run, done first
+            other_run_files.append((root / "train" / "00000.png").stat().st_ino)
+            monkeypatch.setattr(sd, "make_scene", make_scene_while_another_run_finishes)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sd, "make_scene", make_scene_while_another_run_finishes)
+    assert sd.write_synth_coco(root, size=64, splits=splits) == root and other_run_files
+    assert (root / "train" / "00000.png").stat().st_ino == other_run_files[0]  # the other run's files, untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["scenes"]  # no temporary copy left behind
+    assert len(CocoDetection(root, "train")) == 2

@@ -10,7 +10,10 @@ With ``label_marker`` the marker is also a training instance of its own class (`
 categories), so the glyph's look gets a local signal; val and test list the same 8 categories but no marker
 instances, so COCO AP (a mean over the categories with ground truth) scores only the 6 object classes.
 With ``cue="colour"`` the marker is one disc for both modes and its colour (red or blue) sets the mode; no
-object takes a colour near either, so the marker is still the only evidence of the mode.
+object takes a colour near either, so the marker is still the only evidence of the mode. ``cue="beacon"`` puts
+that disc on a dull scene, as in the segmentation beacons set: a low-saturation background, grey strokes and
+grey objects (brightness at least ``MIN_CONTRAST / 2`` from what is behind them), so the disc is the only
+saturated part of the image.
 
 :func:`write_synth_coco` writes the ``train``/``val``/``test`` splits in the COCO layout (PNG images,
 compressed-RLE masks), so the embedded set goes through the same :class:`~unireplknet.data.coco.CocoDetection`
@@ -19,6 +22,7 @@ code as real data. Everything is a function of ``seed``.
 
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import logging
@@ -41,7 +45,8 @@ SPLITS = {"train": 1200, "val": 150, "test": 150}
 VERSION = 2  # bump when the generator changes: cached folders are rebuilt
 MIN_CONTRAST = 80.0  # RGB distance of an object's colour from the image under its centre
 MIN_VISIBLE = 0.5  # objects left with less of their area visible are dropped
-CUES = ("glyph", "colour")  # what tells the modes apart: the marker's shape, or (cue="colour") its colour
+CUES = ("glyph", "colour", "beacon")  # what tells the modes apart: the marker's shape, or its colour (on a
+# colourful scene for "colour", on a grey one for "beacon")
 MODE_COLOURS = ((225.0, 35.0, 35.0), (35.0, 80.0, 225.0))  # cue="colour": the marker disc of mode a / b
 
 
@@ -83,18 +88,23 @@ def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = Fa
     """One image (size, size, 3) uint8 and its objects as (category id 1..6, visible mask (size, size) bool);
     ``with_marker`` appends the marker as (7 or 8, its mask). The image does not depend on ``with_marker``.
     ``cue="colour"``: the marker is a disc in the mode's colour (:data:`MODE_COLOURS`), and no object takes a
-    colour within ``MIN_CONTRAST`` of either mode colour."""
+    colour within ``MIN_CONTRAST`` of either mode colour; ``cue="beacon"``: the same disc on a grey scene."""
     if cue not in CUES:
         raise ValueError(f"cue must be one of {CUES}, got {cue!r}")
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
+    grey = cue == "beacon"
+    if grey:  # a dull scene: low-saturation background, grey strokes and objects
+        c0, c1 = (255 * np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.2), rng.uniform(0.3, 0.7)))
+                  for _ in range(2))
+    else:
+        c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
     t = (np.cos(rng.uniform(0, 2 * np.pi)) * xx + np.sin(rng.uniform(0, 2 * np.pi)) * yy) / size
     img = c0 + (c1 - c0) * ((t - t.min()) / (np.ptp(t) + 1e-6))[..., None]
     img += rng.normal(0, 12, (size, size, 3))
     for _ in range(int(rng.integers(1, 4))):  # distractor strokes
         p, q = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
         d = np.abs((q[1] - p[1]) * (xx - p[0]) - (q[0] - p[0]) * (yy - p[1])) / (np.linalg.norm(q - p) + 1e-6)
-        img[d < rng.uniform(0.8, 1.8)] = rng.uniform(0, 255, 3)
+        img[d < rng.uniform(0.8, 1.8)] = rng.uniform(0, 255) if grey else rng.uniform(0, 255, 3)
     mode_index, corner = int(rng.integers(2)), int(rng.integers(4))
     objects: list[tuple[int, np.ndarray, int]] = []  # (category, visible mask, full area)
     for _ in range(int(rng.integers(2, 6))):
@@ -103,10 +113,15 @@ def make_scene(rng: np.random.Generator, size: int = 128, with_marker: bool = Fa
         cx, cy = rng.uniform(r * 0.7, size - r * 0.7, 2)
         full = _shape_mask(SHAPES[kind], cx, cy, r, rng.uniform(0, 2 * np.pi), yy, xx)
         background = img[int(cy), int(cx)]
-        colour = rng.uniform(0, 255, 3)
-        while np.linalg.norm(colour - background) < MIN_CONTRAST or (  # visible against what is behind it
-                cue == "colour" and min(np.linalg.norm(colour - np.array(c)) for c in MODE_COLOURS) < MIN_CONTRAST):
+        if grey:  # a grey shade whose brightness differs from what is behind it
+            colour = np.full(3, rng.uniform(0, 255))
+            while abs(colour[0] - background.mean()) < MIN_CONTRAST / 2:
+                colour = np.full(3, rng.uniform(0, 255))
+        else:
             colour = rng.uniform(0, 255, 3)
+            while np.linalg.norm(colour - background) < MIN_CONTRAST or (  # visible against what is behind it
+                    cue == "colour" and min(np.linalg.norm(colour - np.array(c)) for c in MODE_COLOURS) < MIN_CONTRAST):
+                colour = rng.uniform(0, 255, 3)
         img[full] = colour + rng.normal(0, 8, (int(full.sum()), 3))
         objects = [(c, m & ~full, a) for c, m, a in objects]
         objects.append((1 + mode_index * len(SHAPES) + kind, full, int(full.sum())))
@@ -181,6 +196,9 @@ def write_synth_coco(root: str | os.PathLike, seed: int = 0, size: int = 128,
             write_json_atomic(tmp / "annotations" / f"instances_{split}.json",
                               dict(images=images, annotations=anns, categories=categories))
         (tmp / ".synth_detection").write_text(fingerprint)
+        if stamp.is_file() and stamp.read_text().strip() == fingerprint:  # another run wrote it meanwhile: keep
+            shutil.rmtree(tmp, ignore_errors=True)  # that one, which it may already be reading
+            return root
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
