@@ -209,10 +209,10 @@ def test_reparameterize_is_exact_on_the_pyramid_and_detections():
     randomize_reparam_terms(model.backbone, torch.Generator().manual_seed(0))
     images = [torch.rand(3, 96, 96, dtype=torch.float64)]
     with torch.no_grad():
-        before = model._pyramid(model.transform(images)[0].tensors)
+        before = model._pyramid(model.transform(images)[0].tensors)[0]
         det_before = model(images)[0]
         model.reparameterize()
-        after = model._pyramid(model.transform(images)[0].tensors)
+        after = model._pyramid(model.transform(images)[0].tensors)[0]
         det_after = model(images)[0]
     assert model.backbone.deploy
     for a, b in zip(after.values(), before.values()):
@@ -330,7 +330,7 @@ def test_global_context_adds_the_projected_image_mean_of_the_top_map_to_every_le
     x = torch.rand(2, 3, 64, 96)
     plain.eval(), context.eval()
     with torch.no_grad():
-        base, added = plain._pyramid(x), context._pyramid(x)
+        base, added = plain._pyramid(x)[0], context._pyramid(x)[0]
         top = context.backbone(x)[-1].double().mean((2, 3))
         expected = (top @ context.global_context.weight.double().T + context.global_context.bias.double())
     assert list(base) == list(added)

@@ -70,7 +70,7 @@ def test_semantic_branch_adds_a_weighted_loss_in_training_and_nothing_at_test_ti
     losses = semantic(images, targets)
     head, pad = semantic.semantic_head, (64, 96)
     with torch.no_grad():
-        levels = list(semantic._pyramid(semantic.transform(images, targets)[0].tensors).values())[:4]
+        levels = list(semantic._pyramid(semantic.transform(images, targets)[0].tensors)[0].values())[:4]
         raw = head.loss(levels, [t["masks"] for t in targets], [t["labels"] for t in targets], pad)
     assert torch.allclose(losses["loss_semantic"], 0.5 * raw, atol=1e-6)
     sum(losses.values()).backward()
@@ -81,3 +81,35 @@ def test_semantic_branch_adds_a_weighted_loss_in_training_and_nothing_at_test_ti
 def test_negative_semantic_weight_is_refused():
     with pytest.raises(ValueError, match="semantic_weight"):
         _detector(semantic_weight=-1.0)
+
+
+def test_image_label_loss_is_float64_multilabel_bce_on_the_pooled_top_map_in_training_only():
+    """`image_label_weight`: a linear head on the image mean of the top backbone map, trained with binary
+    cross-entropy against which classes each image holds; checked against a float64 formula, weighted, with a
+    gradient into the backbone, and absent from the test-time outputs."""
+    torch.manual_seed(1)
+    plain, labelled = _detector(), _detector(image_label_weight=0.7)
+    assert plain.image_label_head is None
+    missing = labelled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["image_label_head.bias", "image_label_head.weight"]
+    images = [torch.rand(3, 64, 96), torch.rand(3, 56, 64)]
+    targets = [box_target(64, 96, [[10, 12, 60, 60], [2, 2, 20, 30]], [1, 3]),
+               box_target(56, 64, [[5, 5, 40, 50]], [2])]
+    plain.eval(), labelled.eval()
+    with torch.no_grad():
+        for a, b in zip(plain(images), labelled(images)):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    labelled.train()
+    losses = labelled(images, targets)
+    with torch.no_grad():
+        x = labelled.transform(images, targets)[0].tensors
+        pooled = labelled.backbone(x)[-1].double().mean((2, 3))
+        head = labelled.image_label_head
+        z = pooled @ head.weight.double().T + head.bias.double()
+    y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    expected = (torch.log1p(torch.exp(-z.abs())) + z.clamp(min=0) - z * y).mean()  # stable BCE with logits
+    assert abs(losses["loss_image_labels"].item() - 0.7 * expected.item()) < 1e-5
+    losses["loss_image_labels"].backward()
+    assert labelled.backbone.downsample_layers[0][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="image_label_weight"):
+        _detector(image_label_weight=-1.0)

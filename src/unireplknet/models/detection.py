@@ -36,7 +36,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from unireplknet.errors import CheckpointError
 from unireplknet.models.checkpoint import _form_hint, extract_state_dict, load_checkpoint, read_checkpoint
 from unireplknet.models.detection_heads import CascadeRoIHeads
-from unireplknet.models.detection_semantic import SemanticAuxHead
+from unireplknet.models.detection_semantic import SemanticAuxHead, image_label_loss
 from unireplknet.models.features import OnBackbone, TimmFeatures, UniRepLKNetFeatures
 from unireplknet.models.variants import VARIANTS
 
@@ -85,7 +85,7 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
                  rpn_samples: int = 256, roi_samples: int = 512, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_thresh: float = 0.5,
                  roi_finest_scale: float = 56.0, semantic_weight: float = 0.0, semantic_channels: int = 128,
-                 semantic_convs: int = 2, global_context: bool = False) -> None:
+                 semantic_convs: int = 2, global_context: bool = False, image_label_weight: float = 0.0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -116,14 +116,22 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         self.semantic_weight = semantic_weight  # > 0: HTC's semantic branch as a training-only auxiliary loss
         self.semantic_head = SemanticAuxHead(fpn_channels, num_classes, semantic_channels, semantic_convs) \
             if semantic_weight > 0 else None
+        if image_label_weight < 0:
+            raise ValueError(f"image_label_weight must be >= 0, got {image_label_weight}")
+        # > 0: a training-only multi-label loss on the image-averaged top map (which classes the image holds)
+        self.image_label_weight = image_label_weight
+        self.image_label_head = nn.Linear(backbone.dims[backbone.out_indices[-1]], num_classes) \
+            if image_label_weight > 0 else None
 
-    def _pyramid(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def _pyramid(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor], torch.Tensor]:
+        """Images (N, 3, H, W) -> FPN levels, and the image mean of the top backbone map (N, C5)."""
         features = self.backbone(x)
+        pooled = features[-1].mean((2, 3))
         pyramid = self.neck(OrderedDict((str(i), f) for i, f in enumerate(features)))
         if self.global_context is not None:
-            context = self.global_context(features[-1].mean((2, 3)))[:, :, None, None]  # (N, C, 1, 1)
+            context = self.global_context(pooled)[:, :, None, None]  # (N, C, 1, 1)
             pyramid = OrderedDict((k, v + context) for k, v in pyramid.items())
-        return pyramid
+        return pyramid, pooled
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
@@ -133,7 +141,7 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
             raise ValueError("training needs targets; call model.eval() for predictions")
         original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
         batch, targets = self.transform(images, targets)
-        pyramid = self._pyramid(batch.tensors)
+        pyramid, pooled = self._pyramid(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, pyramid, targets)
         levels = list(pyramid.values())[:4]
         detections, roi_losses = self.roi_heads(levels, proposals, batch.image_sizes, targets)
@@ -142,6 +150,10 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
                 masks, labels = [t["masks"] for t in targets], [t["labels"] for t in targets]
                 semantic = self.semantic_head.loss(levels, masks, labels, tuple(batch.tensors.shape[-2:]))
                 roi_losses["loss_semantic"] = self.semantic_weight * semantic
+            if self.image_label_head is not None:
+                logits = self.image_label_head(pooled)
+                roi_losses["loss_image_labels"] = self.image_label_weight * image_label_loss(
+                    logits, [t["labels"] for t in targets])
             return {**rpn_losses, **roi_losses}
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         for det in detections:
@@ -153,7 +165,7 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         """MMDetection's ``forward_dummy`` (what its ``get_flops`` counts): backbone, FPN and RPN head on
         ``x`` (N, 3, H, W), then every stage's box head on ``num_rois`` RoIs and every stage's mask head on
         ``num_mask_rois``; RoIAlign, anchors, NMS and decoding are left out. Runs on the meta device."""
-        pyramid = list(self._pyramid(x).values())
+        pyramid = list(self._pyramid(x)[0].values())
         outs = [t for pair in zip(*self.rpn.head(pyramid)) for t in pair]
         c = pyramid[0].shape[1]
         box_feats = x.new_empty((num_rois, c, 7, 7))

@@ -1,4 +1,4 @@
-"""An auxiliary semantic-segmentation branch for the detectors, used in training only.
+"""Auxiliary training-only losses for the detectors: a semantic-segmentation branch and image-level labels.
 
 Hybrid Task Cascade (Chen et al., CVPR 2019) adds a semantic head on the FPN whose per-pixel loss gives the
 shared features dense supervision; this is that head without its feature fusion into the RoI heads, so the
@@ -8,6 +8,10 @@ padding is ignored. Off by default (``semantic_weight=0``).
 
 levels P2…P5 ((N, C, H/4, W/4) … (N, C, H/32, W/32)) -> 1×1 conv each, bilinear to the stride-8 grid, sum ->
 ``num_convs`` × (3×3 conv, ReLU) -> 1×1 conv -> logits (N, K+1, H/8, W/8).
+
+:func:`image_label_loss` is the image-level counterpart: a multi-label loss on the image-averaged top backbone
+map (which classes are present in the image), the supervision a plain image classifier gets. It is derived
+from the instance labels alone, so any COCO set has it. Off by default (``image_label_weight=0``).
 """
 
 from __future__ import annotations
@@ -63,3 +67,16 @@ class SemanticAuxHead(nn.Module):
         logits = self(levels)
         target = semantic_targets(masks, labels, padded_hw, self.stride)[:, :logits.shape[-2], :logits.shape[-1]]
         return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+def image_label_targets(labels: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Per-image instance ``labels`` (n_i,) in 1..K -> (N, K) float multi-hot: 1 where the class is present."""
+    out = torch.zeros(len(labels), num_classes, device=labels[0].device if len(labels) else None)
+    for i, lab in enumerate(labels):
+        out[i, lab.long() - 1] = 1.0
+    return out
+
+
+def image_label_loss(logits: torch.Tensor, labels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Binary cross-entropy between ``logits`` (N, K) and the images' class presence, mean over N and K."""
+    return F.binary_cross_entropy_with_logits(logits, image_label_targets(labels, logits.shape[1]))
