@@ -8,6 +8,8 @@ cannot learn in a few hundred steps will not be read by the detector within the 
 
     python benchmarks/scene_mode_classifier.py --cue beacon --lr 5e-4 --steps 300
     python benchmarks/scene_mode_classifier.py --cue glyph --train-images 14400 --lr 2e-3
+    # save the trained classifier; its backbone then starts a detector (train --task detection --finetune FILE)
+    python benchmarks/scene_mode_classifier.py --cue beacon --steps 150 --save runs/mode_classifier.pt
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="write the trained classifier's state dict here (a classification checkpoint)")
     a = p.parse_args()
 
     import unireplknet
@@ -91,6 +94,12 @@ def main() -> None:
                 accuracy = (model(vx).argmax(1) == vy).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}  train acc (last 400) {100 * np.mean(hits[-400:]):.1f}%  "
                   f"val acc {100 * accuracy:.1f}% ({len(val)} scenes)  {time.time() - t0:.0f} s", flush=True)
+    if a.save:
+        from unireplknet.utils.atomic import atomic_file
+
+        with atomic_file(a.save) as f:
+            torch.save({"model": model.state_dict()}, f)
+        print(f"classifier saved to {a.save}")
 
 
 if __name__ == "__main__":
