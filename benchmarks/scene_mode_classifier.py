@@ -40,7 +40,7 @@ def scenes(cue: str, train_images: int, size: int) -> dict[str, list[tuple[torch
         items = []
         for i, image_id in enumerate(data.image_ids):
             if image_id in mode:
-                image = torch.from_numpy(np.asarray(data.load_image(i))).permute(2, 0, 1).float() / 255
+                image = torch.from_numpy(np.array(data.load_image(i))).permute(2, 0, 1).float() / 255
                 items.append(((image - mean) / std, mode[image_id]))
         out[split] = items
     return out
