@@ -207,6 +207,24 @@ def test_label_marker_annotates_the_glyph_in_training_only_and_is_not_scored(tmp
     assert coco_evaluate(test.coco, gt + fake, ("bbox",)) == coco_evaluate(test.coco, gt, ("bbox",))
 
 
+def _disc_cue_scenes(seed: int, cue: str, count: int = 24):
+    """``count`` scenes of a disc cue with the marker labelled, as (image, marker mask, objects, mode); checks
+    that every object's class carries the scene's mode and that the disc has the mode's colour."""
+    from unireplknet.data.synth_detection import MODE_COLOURS
+
+    modes = set()
+    for i in range(count):
+        img, objs = make_scene(np.random.default_rng([seed, 0, i]), 96, with_marker=True, cue=cue)
+        (cat, marker), objects = objs[-1], objs[:-1]
+        mode = cat - 7
+        modes.add(mode)
+        assert all((c - 1) // len(SHAPES) == mode for c, _ in objects)
+        mean = img[marker].astype(float).mean(0)
+        assert np.linalg.norm(mean - MODE_COLOURS[mode]) < 10 < np.linalg.norm(mean - MODE_COLOURS[1 - mode]) - 100
+        yield img, marker, objects, mode
+    assert modes == {0, 1}
+
+
 def test_colour_cue_paints_the_mode_on_a_disc_and_keeps_objects_away_from_both_colours(tmp_path):
     """`task_args.scene_cue=colour`: the same disc glyph for both modes, its colour sets the mode; objects never
     take a colour near either mode colour, so only the marker tells the mode. The glyph cue is left as it was."""
@@ -214,21 +232,12 @@ def test_colour_cue_paints_the_mode_on_a_disc_and_keeps_objects_away_from_both_c
 
     glyph_only = make_scene(np.random.default_rng([3, 0, 0]), 96)
     assert np.array_equal(glyph_only[0], make_scene(np.random.default_rng([3, 0, 0]), 96, cue="glyph")[0])
-    modes = set()
-    for i in range(24):
-        img, objs = make_scene(np.random.default_rng([3, 0, i]), 96, with_marker=True, cue="colour")
-        (cat, marker), objects = objs[-1], objs[:-1]
-        mode = cat - 7
-        modes.add(mode)
-        assert all((c - 1) // len(SHAPES) == mode for c, _ in objects)
+    for img, marker, objects, _ in _disc_cue_scenes(3, "colour"):
         ys, xs = np.nonzero(marker)
         assert xs.max() - xs.min() == 13 and ys.max() - ys.min() == 13 and marker.sum() > 0.7 * 14 * 14  # a disc
-        mean = img[marker].astype(float).mean(0)
-        assert np.linalg.norm(mean - MODE_COLOURS[mode]) < 10 < np.linalg.norm(mean - MODE_COLOURS[1 - mode]) - 100
         for _, m in objects:
             colour = np.median(img[m].astype(float), axis=0)  # the object's colour under its pixel noise
             assert min(np.linalg.norm(colour - np.array(c)) for c in MODE_COLOURS) > MIN_CONTRAST - 30
-    assert modes == {0, 1}
     root = write_synth_coco(synth_coco_root(tmp_path, 96, 3, cue="colour"), size=96,
                             splits=dict(train=3, val=2, test=2), cue="colour")
     assert root.name == "synth_detection-96-train3-colour" and len(CocoDetection(root, "train")) == 3
@@ -242,22 +251,12 @@ def test_beacon_cue_keeps_the_scene_grey_so_the_marker_is_its_only_saturated_par
     them, and the glyph and colour cues are left as they were."""
     import hashlib
 
-    from unireplknet.data.synth_detection import MODE_COLOURS
-
     # the glyph and colour scenes as the generator made them before the beacon cue came (fingerprints taken
     # from that version): the runs measured on them stay reproducible
     for cue, fingerprint in (("glyph", "d13b5fd2c85ddfe9"), ("colour", "d91149142a0b5bf7")):
         img, objs = make_scene(np.random.default_rng([3, 0, 1]), 96, with_marker=True, cue=cue)
         assert hashlib.sha1(img.tobytes() + bytes(c for c, _ in objs)).hexdigest()[:16] == fingerprint, cue
-    modes = set()
-    for i in range(24):
-        img, objs = make_scene(np.random.default_rng([4, 0, i]), 96, with_marker=True, cue="beacon")
-        (cat, marker), objects = objs[-1], objs[:-1]
-        mode = cat - 7
-        modes.add(mode)
-        assert all((c - 1) // len(SHAPES) == mode for c, _ in objects)
-        mean = img[marker].astype(float).mean(0)
-        assert np.linalg.norm(mean - MODE_COLOURS[mode]) < 10
+    for img, marker, objects, _ in _disc_cue_scenes(4, "beacon"):
         rgb = img.astype(float)
         chroma = rgb.max(-1) - rgb.min(-1)  # 0 for grey; the mode discs have ~190
         # under pixel noise (sd 12 on the background) a dull pixel's chroma stays far below the disc's
@@ -265,7 +264,6 @@ def test_beacon_cue_keeps_the_scene_grey_so_the_marker_is_its_only_saturated_par
         for _, m in objects:
             colour = np.median(rgb[m], axis=0)
             assert np.ptp(colour) < 12  # grey: the channels agree up to noise
-    assert modes == {0, 1}
     root = write_synth_coco(synth_coco_root(tmp_path, 96, 3, cue="beacon"), size=96,
                             splits=dict(train=3, val=2, test=2), cue="beacon")
     assert root.name == "synth_detection-96-train3-beacon" and len(CocoDetection(root, "train")) == 3
