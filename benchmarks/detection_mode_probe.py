@@ -22,7 +22,7 @@ import torch
 
 def collect(model: torch.nn.Module, dataset, count: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Features at the object centres of the first ``count`` scenes, and each object's mode (0 / 1)."""
-    from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES
+    from unireplknet.data.synth_detection import CLASS_NAMES, mode_of
 
     feats: dict[str, list[torch.Tensor]] = {}
     modes = []
@@ -43,7 +43,7 @@ def collect(model: torch.nn.Module, dataset, count: int) -> tuple[dict[str, torc
                     row, col = min(int(cy // stride), f.shape[2] - 1), min(int(cx // stride), f.shape[3] - 1)
                     feats.setdefault(f"{prefix}{j + 2}", []).append(f[0, :, row, col])
             feats.setdefault("C5 mean", []).append(backbone[-1][0].mean((1, 2)))
-            modes.append(int(label - 1) // len(SHAPES))
+            modes.append(mode_of(int(label)))  # labels are the category ids here (1..K, in order)
     return {k: torch.stack(v).double() for k, v in feats.items()}, torch.tensor(modes)
 
 

@@ -57,15 +57,13 @@ def shape_ap(run: Path) -> dict[str, float]:
 
 def marker_read(test, detections) -> float:
     """See :func:`shape_ap`: the mean share (percent) of object score mass on each test image's true mode."""
-    from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES
+    from unireplknet.data.synth_detection import image_modes, mode_of
 
-    mode_of_image = {a["image_id"]: (a["category_id"] - 1) // len(SHAPES) for a in test.coco["annotations"]
-                     if a["category_id"] <= len(CLASS_NAMES)}
+    mode_of_image = image_modes(test.coco)
     shares = []
     for det, image_id in zip(detections, test.image_ids):
         cats = [test.label_to_cat_id[int(label)] for label in det["labels"].tolist()]
-        pairs = [(score, (c - 1) // len(SHAPES)) for score, c in zip(det["scores"].tolist(), cats)
-                 if c <= len(CLASS_NAMES)]
+        pairs = [(score, mode_of(c)) for score, c in zip(det["scores"].tolist(), cats) if mode_of(c) is not None]
         total = sum(score for score, _ in pairs)
         if image_id in mode_of_image and total > 0:
             shares.append(sum(score for score, mode in pairs if mode == mode_of_image[image_id]) / total)

@@ -26,17 +26,16 @@ def scenes(cue: str, train_images: int, size: int) -> dict[str, list[tuple[torch
     """The built-in scenes' train and val images as normalized (3, H, W) tensors with their modes."""
     from unireplknet.data.coco import CocoDetection
     from unireplknet.data.datasets import cache_dir
-    from unireplknet.data.synth_detection import CLASS_NAMES, SHAPES, scene_splits, synth_coco_root, write_synth_coco
+    from unireplknet.data.synth_detection import image_modes, scene_splits, synth_coco_root, write_synth_coco
+    from unireplknet.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
     root = synth_coco_root(cache_dir(), size, train_images, cue=cue)
     write_synth_coco(root, size=size, splits=scene_splits(train_images), cue=cue)
-    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     out = {}
     for split in ("train", "val"):
         data = CocoDetection(root, split)
-        mode = {a["image_id"]: (a["category_id"] - 1) // len(SHAPES) for a in data.coco["annotations"]
-                if a["category_id"] <= len(CLASS_NAMES)}
+        mode = image_modes(data.coco)
         items = []
         for i, image_id in enumerate(data.image_ids):
             if image_id in mode:

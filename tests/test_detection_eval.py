@@ -290,3 +290,14 @@ def test_a_set_written_by_another_run_meanwhile_is_kept_not_replaced(tmp_path, m
     assert (root / "train" / "00000.png").stat().st_ino == other_run_files[0]  # the other run's files, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["scenes"]  # no temporary copy left behind
     assert len(CocoDetection(root, "train")) == 2
+
+
+def test_mode_of_and_image_modes_read_the_mode_from_the_category_ids():
+    """Categories 1–3 are mode a, 4–6 mode b, the marker categories (7, 8) have none; an image's mode is its
+    objects' (images with only a marker, or nothing, are absent)."""
+    from unireplknet.data.synth_detection import image_modes, mode_of
+
+    assert [mode_of(c) for c in range(0, 10)] == [None, 0, 0, 0, 1, 1, 1, None, None, None]
+    coco = dict(annotations=[dict(image_id=1, category_id=5), dict(image_id=1, category_id=8),
+                             dict(image_id=2, category_id=2), dict(image_id=3, category_id=7)])
+    assert image_modes(coco) == {1: 1, 2: 0}

@@ -50,6 +50,17 @@ CUES = ("glyph", "colour", "beacon")  # what tells the modes apart: the marker's
 MODE_COLOURS = ((225.0, 35.0, 35.0), (35.0, 80.0, 225.0))  # cue="colour": the marker disc of mode a / b
 
 
+def mode_of(category_id: int) -> int | None:
+    """The mode (0 = a, 1 = b) of an object category id 1..6; None for the marker categories 7, 8."""
+    return (category_id - 1) // len(SHAPES) if 1 <= category_id <= len(CLASS_NAMES) else None
+
+
+def image_modes(coco: dict) -> dict[int, int]:
+    """Image id -> the scene's mode, from an instances JSON of the embedded set (images with an object)."""
+    return {a["image_id"]: mode_of(a["category_id"]) for a in coco["annotations"]
+            if mode_of(a["category_id"]) is not None}
+
+
 def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, yy: np.ndarray, xx: np.ndarray
                 ) -> np.ndarray:
     """Boolean (H, W) mask of a disk / rotated square / rotated triangle of circumradius ``r``."""
