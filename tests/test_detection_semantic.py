@@ -1,4 +1,5 @@
-"""The training-only semantic branch of the detectors (HTC's semantic head as an auxiliary loss)."""
+"""The detectors' image-context options: HTC's semantic branch and the image-label loss (training only), and the
+image-context vector of the box classifiers (`roi_context`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from tests.test_detection_model import SMALL_HEAD, TINY, box_target
 from unireplknet.models.detection import CascadeMaskRCNN
+from unireplknet.models.detection_heads import BoxHead, per_roi
 from unireplknet.models.detection_semantic import IGNORE, SemanticAuxHead, semantic_targets
 from unireplknet.models.features import UniRepLKNetFeatures
 
@@ -113,3 +115,58 @@ def test_image_label_loss_is_float64_multilabel_bce_on_the_pooled_top_map_in_tra
     assert labelled.backbone.downsample_layers[0][0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="image_label_weight"):
         _detector(image_label_weight=-1.0)
+
+
+def test_per_roi_repeats_each_image_vector_once_per_roi_in_order():
+    torch.manual_seed(2)
+    context = torch.randn(3, 5)
+    boxes = [torch.rand(n, 4) for n in (2, 0, 3)]
+    rows = per_roi(context, boxes)
+    assert rows.shape == (5, 5)
+    assert torch.equal(rows[:2], context[0].expand(2, -1)) and torch.equal(rows[2:], context[2].expand(3, -1))
+    assert per_roi(None, boxes) is None
+
+
+def test_box_head_context_enters_the_class_logits_only_as_a_float64_concatenation():
+    torch.manual_seed(3)
+    head = BoxHead(4, 8, 7, num_convs=1, conv_channels=8, fc_channels=16, context_channels=6).eval()
+    x, context = torch.randn(5, 8, 7, 7), torch.randn(5, 6)
+    logits, deltas = head(x, context)
+    with torch.no_grad():
+        fc = head.shared(x).double()
+        expected = torch.cat([fc, context.double()], 1) @ head.cls_score.weight.double().T + head.cls_score.bias
+    assert torch.allclose(logits.double(), expected, atol=1e-5)
+    logits2, deltas2 = head(x, context + 1.0)
+    assert not torch.allclose(logits, logits2) and torch.equal(deltas, deltas2)
+    for bad in (None, torch.randn(5, 4), torch.randn(4, 6)):
+        with pytest.raises(ValueError, match="context"):
+            head(x, bad)
+
+
+def test_roi_context_feeds_the_pooled_top_map_to_every_stage_classifier():
+    """`roi_context`: with its classifier columns zeroed the detector matches the plain one exactly (it enters
+    nothing else); with them trained, the class loss reaches the backbone through the pooled top map."""
+    torch.manual_seed(4)
+    plain, contextual = _detector(), _detector(roi_context=5)
+    state = plain.state_dict()
+    for key in [k for k in state if k.endswith("cls_score.weight")]:  # the context columns are zero
+        state[key] = torch.cat([state[key], torch.zeros(len(state[key]), 5)], 1)
+    missing = contextual.load_state_dict(state, strict=False).missing_keys
+    assert sorted(missing) == ["roi_context.0.bias", "roi_context.0.weight"]
+    images = [torch.rand(3, 64, 96), torch.rand(3, 56, 64)]
+    plain.eval(), contextual.eval()
+    with torch.no_grad():
+        for a, b in zip(plain(images), contextual(images)):
+            assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+        for head in contextual.roi_heads.box_heads:
+            head.cls_score.weight[:, -5:].normal_()
+        changed = contextual(images)
+    assert any(not torch.equal(a["scores"], b["scores"]) for a, b in zip(plain(images), changed))
+    contextual.train()
+    targets = [box_target(64, 96, [[10, 12, 60, 60]], [1]), box_target(56, 64, [[5, 5, 40, 50]], [2])]
+    contextual(images, targets)["s0.loss_cls"].backward()
+    assert contextual.roi_context[0].weight.grad.abs().sum() > 0
+    assert contextual.backbone.stages[3][0].pwconv1[1].weight.grad.abs().sum() > 0
+    assert len(contextual.to("meta").forward_dummy(torch.empty(1, 3, 64, 64, device="meta"), 7, 3)) > 0
+    with pytest.raises(ValueError, match="roi_context"):
+        _detector(roi_context=-1)

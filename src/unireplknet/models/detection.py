@@ -85,7 +85,8 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
                  rpn_samples: int = 256, roi_samples: int = 512, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, mask_thresh: float = 0.5,
                  roi_finest_scale: float = 56.0, semantic_weight: float = 0.0, semantic_channels: int = 128,
-                 semantic_convs: int = 2, global_context: bool = False, image_label_weight: float = 0.0) -> None:
+                 semantic_convs: int = 2, global_context: bool = False, image_label_weight: float = 0.0,
+                 roi_context: int = 0) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -106,7 +107,7 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
             num_classes, num_stages, fpn_channels, num_convs=num_convs, num_fcs=num_fcs, fc_channels=fc_channels,
             with_mask=with_mask, mask_channels=mask_channels, mask_convs=mask_convs, roi_samples=roi_samples,
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-            strides=strides[:4], roi_finest_scale=roi_finest_scale)
+            strides=strides[:4], roi_finest_scale=roi_finest_scale, context_channels=roi_context)
         # ParseNet-style global context (off by default; not in the reference): the image-averaged top backbone
         # map, projected to fpn_channels, added to every pyramid level
         self.global_context = nn.Linear(backbone.dims[backbone.out_indices[-1]], fpn_channels) \
@@ -116,6 +117,12 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         self.semantic_weight = semantic_weight  # > 0: HTC's semantic branch as a training-only auxiliary loss
         self.semantic_head = SemanticAuxHead(fpn_channels, num_classes, semantic_channels, semantic_convs) \
             if semantic_weight > 0 else None
+        if roi_context < 0:
+            raise ValueError(f"roi_context must be >= 0, got {roi_context}")
+        # > 0 (not in the reference): the image-averaged top map, projected to roi_context channels (+ ReLU),
+        # is concatenated to every RoI's fc features before the box classifier of each stage
+        self.roi_context = nn.Sequential(nn.Linear(backbone.dims[backbone.out_indices[-1]], roi_context),
+                                         nn.ReLU(inplace=True)) if roi_context else None
         if image_label_weight < 0:
             raise ValueError(f"image_label_weight must be >= 0, got {image_label_weight}")
         # > 0: a training-only multi-label loss on the image-averaged top map (which classes the image holds)
@@ -144,7 +151,8 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         pyramid, pooled = self._pyramid(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, pyramid, targets)
         levels = list(pyramid.values())[:4]
-        detections, roi_losses = self.roi_heads(levels, proposals, batch.image_sizes, targets)
+        context = self.roi_context(pooled) if self.roi_context is not None else None
+        detections, roi_losses = self.roi_heads(levels, proposals, batch.image_sizes, targets, context)
         if self.training:
             if self.semantic_head is not None:
                 masks, labels = [t["masks"] for t in targets], [t["labels"] for t in targets]
@@ -165,13 +173,17 @@ class CascadeMaskRCNN(OnBackbone, nn.Module):
         """MMDetection's ``forward_dummy`` (what its ``get_flops`` counts): backbone, FPN and RPN head on
         ``x`` (N, 3, H, W), then every stage's box head on ``num_rois`` RoIs and every stage's mask head on
         ``num_mask_rois``; RoIAlign, anchors, NMS and decoding are left out. Runs on the meta device."""
-        pyramid = list(self._pyramid(x)[0].values())
+        levels, pooled = self._pyramid(x)
+        pyramid = list(levels.values())
         outs = [t for pair in zip(*self.rpn.head(pyramid)) for t in pair]
         c = pyramid[0].shape[1]
         box_feats = x.new_empty((num_rois, c, 7, 7))
         mask_feats = x.new_empty((num_mask_rois, c, 14, 14))
+        context = None
+        if self.roi_context is not None:
+            context = self.roi_context(pooled[:1]).expand(num_rois, -1)
         for head in self.roi_heads.box_heads:
-            outs.extend(head(box_feats))
+            outs.extend(head(box_feats, context))
         for head in getattr(self.roi_heads, "mask_heads", []):
             outs.append(head(mask_feats))
         return outs

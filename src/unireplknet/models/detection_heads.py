@@ -77,16 +77,19 @@ class BoxHead(nn.Module):
     """RoI features (R, C, S, S) -> class logits (R, K+1) and class-specific deltas (R, 4K).
 
     ``num_convs`` 3×3 convs (BatchNorm + ReLU, as the reference's 4conv1fc head) then ``num_fcs`` fc + ReLU
-    (torchvision's FastRCNNConvFCHead), then the two predictors.
+    (torchvision's FastRCNNConvFCHead), then the two predictors. ``context_channels`` > 0 (not in the
+    reference): the class predictor also sees a per-RoI image-context vector (R, context_channels),
+    concatenated to the fc features, so a RoI's class can depend on the whole image.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 256, roi_size: int = 7, num_convs: int = 4,
-                 conv_channels: int = 256, num_fcs: int = 1, fc_channels: int = 1024) -> None:
+                 conv_channels: int = 256, num_fcs: int = 1, fc_channels: int = 1024,
+                 context_channels: int = 0) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.context_channels = num_classes, context_channels
         self.shared = FastRCNNConvFCHead((in_channels, roi_size, roi_size), [conv_channels] * num_convs,
                                          [fc_channels] * num_fcs, norm_layer=nn.BatchNorm2d if num_convs else None)
-        self.cls_score = nn.Linear(fc_channels, num_classes + 1)
+        self.cls_score = nn.Linear(fc_channels + context_channels, num_classes + 1)
         self.bbox_pred = nn.Linear(fc_channels, 4 * num_classes)
         for m in self.shared.modules():
             if isinstance(m, nn.Linear):
@@ -97,8 +100,13 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.shared(x)
+        if self.context_channels:
+            if context is None or context.shape != (len(x), self.context_channels):
+                raise ValueError(f"this box head needs a ({len(x)}, {self.context_channels}) context, got "
+                                 f"{None if context is None else tuple(context.shape)}")
+            return self.cls_score(torch.cat([x, context], dim=1)), self.bbox_pred(x)
         return self.cls_score(x), self.bbox_pred(x)
 
 
@@ -122,6 +130,14 @@ def class_deltas(deltas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return deltas.view(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), labels - 1]
 
 
+def per_roi(context: torch.Tensor | None, boxes: Boxes) -> torch.Tensor | None:
+    """Per-image vectors (N, C) -> one row per RoI (sum n_i, C), in the order of ``boxes``; None stays None."""
+    if context is None:
+        return None
+    counts = torch.tensor([len(b) for b in boxes], device=context.device)
+    return context.repeat_interleave(counts, dim=0)
+
+
 class CascadeRoIHeads(nn.Module):
     """Cascade R-CNN box stages (+ mask heads): (FPN levels, proposals, image sizes[, targets]) -> detections.
 
@@ -137,7 +153,8 @@ class CascadeRoIHeads(nn.Module):
                  fc_channels: int = 1024, with_mask: bool = True, mask_channels: int = 256, mask_convs: int = 4,
                  roi_samples: int = 512, positive_fraction: float = 0.25, giou_weight: float = 10.0,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                 strides: Sequence[int] = (4, 8, 16, 32), roi_finest_scale: float = 56.0) -> None:
+                 strides: Sequence[int] = (4, 8, 16, 32), roi_finest_scale: float = 56.0,
+                 context_channels: int = 0) -> None:
         super().__init__()
         if not (len(stage_iou) >= num_stages and len(stage_weights) >= num_stages and len(stage_stds) >= num_stages):
             raise ValueError(f"{num_stages} stages need that many IoU thresholds, loss weights and target stds")
@@ -151,7 +168,7 @@ class CascadeRoIHeads(nn.Module):
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.box_pool = LevelRoIAlign(7, strides, finest_scale=roi_finest_scale)
         self.box_heads = nn.ModuleList(
-            BoxHead(num_classes, in_channels, 7, num_convs, in_channels, num_fcs, fc_channels)
+            BoxHead(num_classes, in_channels, 7, num_convs, in_channels, num_fcs, fc_channels, context_channels)
             for _ in range(num_stages))
         self.with_mask = with_mask
         if with_mask:
@@ -187,9 +204,10 @@ class CascadeRoIHeads(nn.Module):
                 [m[k] for m, k in zip(matched, keep)], [g[k] for g, k in zip(is_gt, keep)])
 
     def _stage_losses(self, stage: int, features: Sequence[torch.Tensor], boxes: Boxes, labels: list[torch.Tensor],
-                      matched: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+                      matched: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                      context: torch.Tensor | None = None
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        logits, deltas = self.box_heads[stage](self.box_pool(features, boxes))
+        logits, deltas = self.box_heads[stage](self.box_pool(features, boxes), per_roi(context, boxes))
         lab = torch.cat(labels)
         pos = torch.where(lab > 0)[0]
         rois = torch.cat(boxes)
@@ -221,8 +239,9 @@ class CascadeRoIHeads(nn.Module):
         return [clip_boxes_to_image(b, size) for b, size in zip(new.split([len(b) for b in boxes]), image_sizes)]
 
     def forward(self, features: Sequence[torch.Tensor], proposals: Boxes, image_sizes: Sequence[tuple[int, int]],
-                targets: list[dict[str, torch.Tensor]] | None = None
+                targets: list[dict[str, torch.Tensor]] | None = None, context: torch.Tensor | None = None
                 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """``context``: (N, context_channels) image-context vectors when the box heads take one."""
         if self.training:
             if targets is None:
                 raise ValueError("training needs targets (boxes, labels and, with masks, masks per image)")
@@ -230,7 +249,8 @@ class CascadeRoIHeads(nn.Module):
             boxes = [p.detach() for p in proposals]
             for t in range(self.num_stages):
                 boxes, labels, matched, is_gt = self._sample(boxes, targets, self.stage_iou[t])
-                stage_losses, logits, deltas = self._stage_losses(t, features, boxes, labels, matched, targets)
+                stage_losses, logits, deltas = self._stage_losses(t, features, boxes, labels, matched, targets,
+                                                                  context)
                 prefix = f"s{t}." if self.num_stages > 1 else ""
                 losses.update({prefix + k: v * self.stage_weights[t] for k, v in stage_losses.items()})
                 if t + 1 < self.num_stages:
@@ -238,14 +258,14 @@ class CascadeRoIHeads(nn.Module):
                         refined = self._refine(t, boxes, logits, deltas, image_sizes, torch.cat(labels))
                     boxes = [b[~g] for b, g in zip(refined, is_gt)]
             return [], losses
-        return self.predict(features, proposals, image_sizes), {}
+        return self.predict(features, proposals, image_sizes, context), {}
 
     @torch.no_grad()
-    def predict(self, features: Sequence[torch.Tensor], proposals: Boxes, image_sizes: Sequence[tuple[int, int]]
-                ) -> list[dict[str, torch.Tensor]]:
+    def predict(self, features: Sequence[torch.Tensor], proposals: Boxes, image_sizes: Sequence[tuple[int, int]],
+                context: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
         boxes, mean_logits = list(proposals), 0.0
         for t in range(self.num_stages):
-            logits, deltas = self.box_heads[t](self.box_pool(features, boxes))
+            logits, deltas = self.box_heads[t](self.box_pool(features, boxes), per_roi(context, boxes))
             mean_logits = mean_logits + logits / self.num_stages
             if t + 1 < self.num_stages:
                 boxes = self._refine(t, boxes, logits, deltas, image_sizes)

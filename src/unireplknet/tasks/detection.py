@@ -173,6 +173,9 @@ class DetectionArgs:
     # class (marker_a / marker_b, not scored on val/test); "background" = it is not annotated
     scene_cue: str = "glyph"  # built-in scenes: what sets the mode: the marker's shape ("glyph") or its colour
     draw_threshold: float = 0.3  # predict: boxes drawn from this score
+    label_pretrain_steps: int = 0  # > 0: first train the backbone this many steps as a multi-label classifier of
+    # the classes each training image holds (tasks/detection_pretrain.py), then the detector from it
+    label_pretrain_lr: float = 5e-4  # its AdamW lr (constant)
 
     def __post_init__(self) -> None:
         check([(self.min_size >= 32 and self.max_size >= self.min_size, "need 32 <= min_size <= max_size"),
@@ -181,7 +184,9 @@ class DetectionArgs:
                (self.scene_size >= 64, "scene_size must be at least 64"),
                (self.scene_train_images >= 1, "scene_train_images must be at least 1"),
                (self.scene_marker in ("class", "background"), "scene_marker must be 'class' or 'background'"),
-               (self.scene_cue in CUES, f"scene_cue must be one of {', '.join(CUES)}")])
+               (self.scene_cue in CUES, f"scene_cue must be one of {', '.join(CUES)}"),
+               (self.label_pretrain_steps >= 0, "label_pretrain_steps must be >= 0"),
+               (self.label_pretrain_lr > 0, "label_pretrain_lr must be > 0")])
 
 
 @register_task
@@ -251,6 +256,19 @@ class DetectionTask(Task):
             from unireplknet.models.detection import load_backbone
 
             load_backbone(model, cfg.finetune)
+        if args.label_pretrain_steps:
+            from unireplknet.tasks.detection_pretrain import pretrain_on_image_labels, pretrained_backbone
+
+            def run_pretraining() -> None:
+                from unireplknet.engine.distributed import resolve_device
+
+                model.to(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
+                pretrain_on_image_labels(model, data.train, data.val, len(data.info["class_names"]),
+                                         args.label_pretrain_steps, args.label_pretrain_lr, cfg.batch_size,
+                                         data.collate, seed=cfg.seed)
+                model.cpu()
+
+            pretrained_backbone(model, Path(cfg.output or ".") / "image_label_backbone.pt", run_pretraining)
         return model
 
     def model_label(self, cfg: TrainConfig) -> str:
