@@ -43,9 +43,10 @@ def build(task_name: str, peer: bool) -> tuple[Any, torch.nn.Module, Any, Any]:
 
     task = get_task(task_name)
     cfg = load_config(task.default_config)
+    extra = {"label_pretrain_steps": 0} if task_name == "detection" else {}  # weights do not change the speed
     if peer:
-        extra = SEG_PEER if task_name == "segmentation" else DET_PEER
-        cfg = load_config(task.default_config, {"task_args": {**cfg.task_args, **extra}})
+        extra |= SEG_PEER if task_name == "segmentation" else DET_PEER
+    cfg = load_config(task.default_config, {"task_args": {**cfg.task_args, **extra}})
     args = task.parse_args(cfg.task_args)
     data = task.build_data(cfg, args)
     model = task.build_model(cfg, args, data)

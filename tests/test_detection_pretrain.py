@@ -78,6 +78,9 @@ def test_the_pretrained_backbone_is_cached_and_a_resume_loads_it_without_trainin
     pretrained_backbone(second, cache, must_not_run)
     for a, b in zip(first.backbone.state_dict().values(), second.backbone.state_dict().values()):
         assert torch.equal(a, b)
+    calls = []
+    pretrained_backbone(second, None, lambda: calls.append(1))  # no run folder: train, write nothing
+    assert calls == [1] and sorted(p.name for p in tmp_path.iterdir()) == ["image_label_backbone.pt"]
 
 
 def test_train_with_label_pretraining_writes_the_backbone_and_refuses_bad_settings(tmp_path, capsys):
@@ -94,6 +97,9 @@ def test_train_with_label_pretraining_writes_the_backbone_and_refuses_bad_settin
     assert (out / "image_label_backbone.pt").is_file()
     state = torch.load(out / "image_label_backbone.pt", weights_only=True)
     assert state and all(not k.startswith("backbone.") for k in state)  # the backbone's own keys
+    (out / "image_label_backbone.pt").write_bytes(b"stale")  # --overwrite starts over: the cache goes too
+    assert main(["train", *args, "--data", str(coco), "--output", str(out), "--epochs", "1", "--overwrite"]) == 0
+    assert torch.load(out / "image_label_backbone.pt", weights_only=True).keys() == state.keys()
     capsys.readouterr()
     bad = [*CLI_TINY, "--set", f"task_args={json.dumps({**TASK_ARGS, 'label_pretrain_steps': -1})}"]
     assert main(["train", *bad, "--data", str(coco), "--output", str(tmp_path / "bad"), "--epochs", "1"]) == 2

@@ -20,7 +20,7 @@ from unireplknet.utils.atomic import write_error
 from unireplknet.utils.lock import FolderLock
 
 RUN_FILES = ("config.json", "metrics.jsonl", "train.log", "last.pt", "best.pt", "deploy.pt", "model.onnx",
-             "summary.json", "report", "tensorboard")
+             "summary.json", "report", "tensorboard", "image_label_backbone.pt")
 
 
 class RunFolder:
@@ -85,7 +85,7 @@ class RunFolder:
             self.log_handler.close()
             self.log_handler = None
         if self.claimed and failed and not self.file("last.pt").exists():  # nothing resumable: leave no litter
-            for name in ("train.log", "config.json", "metrics.jsonl"):
+            for name in ("train.log", "config.json", "metrics.jsonl", "image_label_backbone.pt"):
                 self.file(name).unlink(missing_ok=True)
             self.lock.release(remove=True)
             if self.created and not any(self.path.iterdir()):

@@ -268,7 +268,8 @@ class DetectionTask(Task):
                                          data.collate, seed=cfg.seed)
                 model.cpu()
 
-            pretrained_backbone(model, Path(cfg.output or ".") / "image_label_backbone.pt", run_pretraining)
+            pretrained_backbone(model, Path(cfg.output) / "image_label_backbone.pt" if cfg.output else None,
+                                run_pretraining)
         return model
 
     def model_label(self, cfg: TrainConfig) -> str:

@@ -95,12 +95,15 @@ def _label_accuracy(model: nn.Module, head: nn.Linear, data: Dataset, batch_size
             "exact_match": 100 * exact / max(images_seen, 1)}
 
 
-def pretrained_backbone(model: nn.Module, cache: Path, run_pretraining: Any) -> None:
+def pretrained_backbone(model: nn.Module, cache: Path | None, run_pretraining: Any) -> None:
     """Load ``model.backbone`` from ``cache`` when a previous start of this run wrote it (a resumed run), else
     call ``run_pretraining()`` and write the backbone there (atomically; in a distributed run rank 0 trains and
-    the other ranks wait, then load)."""
+    the other ranks wait, then load). ``cache=None`` (no run folder): just ``run_pretraining()``."""
     import torch.distributed as dist
 
+    if cache is None:
+        run_pretraining()
+        return
     distributed = dist.is_available() and dist.is_initialized()
     if not cache.is_file() and (not distributed or dist.get_rank() == 0):
         run_pretraining()
