@@ -105,3 +105,30 @@ def test_train_with_label_pretraining_writes_the_backbone_and_refuses_bad_settin
     assert main(["train", *bad, "--data", str(coco), "--output", str(tmp_path / "bad"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "label_pretrain_steps" in err, err
+
+
+def test_torchrun_two_processes_pretrain_once_and_train(tmp_path):
+    """Under torchrun rank 0 trains the backbone while rank 1 waits at the barrier, then both load it: the run
+    neither deadlocks nor trains it twice."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("faster_coco_eval", reason="detection extra not installed")
+    from tests.test_detection_task import TASK_ARGS
+    from tests.test_detection_task import TINY as CLI_TINY
+    from unireplknet.data.synth_detection import write_synth_coco
+
+    coco = write_synth_coco(tmp_path / "scenes", size=96, splits={"train": 8, "val": 2})
+    out = tmp_path / "ddp"
+    args = [*CLI_TINY, "--set", f"task_args={json.dumps({**TASK_ARGS, 'label_pretrain_steps': 2})}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "unireplknet", "train", *args, "--data", str(coco), "--output", str(out), "--max-steps", "1",
+           "--no-export"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DDP: rank 0 of 2 (gloo, cpu)" in proc.stderr
+    assert proc.stderr.count("image-label pretraining: step 2/2") == 1, proc.stderr[-3000:]
+    assert (out / "image_label_backbone.pt").is_file() and (out / "summary.json").is_file()
