@@ -57,6 +57,8 @@ def test_pretraining_learns_held_out_class_presence_and_changes_only_the_backbon
     assert model.training  # the mode it was in
     with pytest.raises(ValueError, match="steps"):
         pretrain_on_image_labels(model, ColourScenes(4, 0), None, 3, 0, 1e-3, 2, collate_detection)
+    with pytest.raises(ValueError, match="one batch of 8"):
+        pretrain_on_image_labels(model, ColourScenes(4, 0), None, 3, 5, 1e-3, 8, collate_detection)
 
 
 def test_the_pretrained_backbone_is_cached_and_a_resume_loads_it_without_training(tmp_path):

@@ -44,6 +44,8 @@ def pretrain_on_image_labels(model: nn.Module, train: Dataset, val: Dataset | No
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if len(train) < batch_size:  # (full batches only: fewer images would give none, and never end)
+        raise ValueError(f"{len(train)} training images cannot fill one batch of {batch_size}")
     device = next(model.parameters()).device
     head = nn.Linear(model.backbone.dims[model.backbone.out_indices[-1]], num_classes).to(device)
     params = [p for p in model.backbone.parameters() if p.requires_grad] + list(head.parameters())
